@@ -1,0 +1,47 @@
+# sessionhub — `make run` starts a server on SQLite; `make test` installs the dev extras and
+# runs the suite. Both create the virtualenv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.PHONY: run test check format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+# Node test tools (the official centrifuge JS SDK); skipped where Node/npm are absent.
+node_modules/.installed: package.json
+	@if command -v npm >/dev/null 2>&1; then npm install --no-audit --no-fund --silent && touch $@; \
+	else echo "npm not found: the Node SDK tests will be skipped"; fi
+
+run: $(VENV)/.installed
+	$(BIN)/sessionhub migrate
+	$(BIN)/sessionhub serve --port $(PORT)
+
+test: $(VENV)/.installed-dev node_modules/.installed
+	$(BIN)/python -m pytest -q
+
+check: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/rest.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

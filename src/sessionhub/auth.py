@@ -1,0 +1,152 @@
+"""Authentication: bearer JWTs (HS256 secret or RS256 public key) and API keys for services.
+
+A token carries ``sub`` (the user id) and ``roles`` (for example ``["admin"]``). An API key
+maps to a fixed principal. Scoping (non-admins see only their own sessions) is done by the
+hub and core through ``Principal``; this module only answers "who is calling".
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from .core.errors import Unauthenticated
+from .core.principal import Principal
+
+SECRET_FILE = "jwt-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    key: str
+    roles: frozenset[str] = field(default_factory=frozenset)
+
+
+def parse_api_keys(spec: str) -> list[ApiKey]:
+    """``"name:key[:role+role],..."`` -> keys. Roles default to none (a plain service user)."""
+    out: list[ApiKey] = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or len(parts[1]) < 16:
+            raise ValueError(
+                f"bad API key entry {item!r}: want name:key[:role+role], key of 16+ characters"
+            )
+        roles = frozenset(filter(None, parts[2].split("+"))) if len(parts) == 3 else frozenset()
+        out.append(ApiKey(parts[0], parts[1], roles))
+    return out
+
+
+def load_or_create_secret(data_dir: Path) -> tuple[str, bool]:
+    """The HS256 secret kept in the data directory; created (mode 0600) on first start."""
+    path = data_dir / SECRET_FILE
+    if path.exists():
+        return path.read_text().strip(), False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret, True
+
+
+class Authenticator:
+    """Turns credentials into a ``Principal`` or raises ``Unauthenticated`` (401)."""
+
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key: str | None = None,
+        api_keys: Iterable[ApiKey] = (),
+        leeway: float = 30.0,
+    ) -> None:
+        if not secret and not public_key:
+            raise ValueError("configure a JWT secret (HS256) or a public key (RS256)")
+        self._secret = secret
+        self._public_key = public_key
+        self._api_keys = list(api_keys)
+        self._leeway = leeway
+
+    def issue(
+        self,
+        sub: str,
+        roles: Iterable[str] = (),
+        ttl: timedelta | None = timedelta(days=30),
+        now: datetime | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A signed HS256 token (only when this server holds the secret)."""
+        if not self._secret:
+            raise RuntimeError("this server verifies RS256 tokens and cannot issue them")
+        now = now or datetime.now(UTC)
+        claims: dict[str, Any] = {
+            "sub": sub,
+            "roles": sorted(set(roles)),
+            "iat": int(now.timestamp()),
+        }
+        if ttl is not None:
+            claims["exp"] = int((now + ttl).timestamp())
+        if extra:
+            claims.update(extra)
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify(self, token: str) -> Principal:
+        """Check a JWT and return its principal."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("malformed token") from None
+        alg = header.get("alg")
+        if alg == "HS256" and self._secret:
+            key: str = self._secret
+        elif alg == "RS256" and self._public_key:
+            key = self._public_key
+        else:
+            raise Unauthenticated(f"token algorithm {alg!r} is not accepted here")
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[alg], leeway=self._leeway, options={"require": ["sub"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from None
+        sub = claims.get("sub")
+        roles = claims.get("roles", [])
+        if not isinstance(sub, str) or not sub:
+            raise Unauthenticated("token has no subject")
+        if isinstance(roles, str):
+            roles = [roles]
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthenticated("token roles must be a list of strings")
+        # The system role is the server's own; a token can never grant it.
+        return Principal(sub, frozenset(roles) - {"system"})
+
+    def api_key(self, key: str) -> Principal:
+        for k in self._api_keys:
+            if hmac.compare_digest(k.key, key):
+                return Principal(k.name, k.roles - {"system"})
+        raise Unauthenticated("unknown API key")
+
+    def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
+        """From an ``Authorization: Bearer ...`` header or an ``X-API-Key`` header."""
+        if api_key:
+            return self.api_key(api_key)
+        if not authorization:
+            raise Unauthenticated("no credentials: send Authorization: Bearer <token> or X-API-Key")
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthenticated("Authorization must be 'Bearer <token>'")
+        value = value.strip()
+        if value.count(".") != 2:
+            return self.api_key(value)
+        return self.verify(value)

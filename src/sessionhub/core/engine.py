@@ -1,0 +1,185 @@
+"""Pure commands: (kind, session, command, now) -> (new session, event).
+
+The hub calls these, stores the result in one transaction and publishes the event.
+Every function returns exactly one event and a session whose ``version`` is one higher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .errors import Forbidden, IllegalTransition, InvalidInput
+from .kind import Kind
+from .model import CREATED, JSON, STATE_CHANGED, UPDATED, Event, Session
+from .principal import Principal
+
+MAX_METADATA_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The result of one command: the session after it and the one event it produced."""
+
+    before: Session | None
+    session: Session
+    event: Event
+
+
+def _event(
+    kind: Kind,
+    session: Session,
+    type_: str,
+    actor: Principal,
+    now: datetime,
+    event_id: str,
+    data: JSON,
+) -> Event:
+    data = dict(data)
+    data["session"] = session.to_dict()
+    return Event(
+        id=event_id,
+        type=type_,
+        session_id=session.id,
+        kind=kind.name,
+        owner=session.owner,
+        actor=actor.sub,
+        at=now,
+        version=session.version,
+        data=data,
+    )
+
+
+def _check_metadata(metadata: Any) -> JSON:
+    if not isinstance(metadata, Mapping):
+        raise InvalidInput("metadata must be an object")
+    return dict(metadata)
+
+
+def create(
+    kind: Kind,
+    *,
+    session_id: str,
+    owner: str,
+    attributes: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    actor: Principal,
+    now: datetime,
+    event_id: str,
+) -> Change:
+    """A new session in the kind's initial state, version 1."""
+    if not owner or len(owner) > 200:
+        raise InvalidInput("owner must be a non-empty string of at most 200 characters")
+    if owner != actor.sub and not actor.is_admin:
+        raise Forbidden("only an admin may create a session for another user")
+    attrs = kind.validate_attributes(attributes)
+    state = kind.initial_state(attrs)
+    if state not in kind.lifecycle.initial:
+        raise IllegalTransition(f"kind {kind.name!r} cannot start in state {state!r}")
+    session = Session(
+        id=session_id,
+        kind=kind.name,
+        owner=owner,
+        state=state,
+        version=1,
+        created_at=now,
+        updated_at=now,
+        last_activity_at=now,
+        started_at=now if state not in kind.lifecycle.ended else None,
+        attributes=attrs,
+        metadata=_check_metadata(metadata),
+    )
+    return Change(
+        None, session, _event(kind, session, CREATED, actor, now, event_id, {"state": state})
+    )
+
+
+def act(
+    kind: Kind,
+    session: Session,
+    action: str,
+    *,
+    actor: Principal,
+    now: datetime,
+    event_id: str,
+    detail: str | None = None,
+    reason: str | None = None,
+) -> Change:
+    """Apply the lifecycle action ``action``; raises if illegal or not allowed to ``actor``.
+
+    ``reason`` overrides the transition's end reason (the scheduler uses it for timeouts);
+    ``detail`` is free text from the caller (for example "User requested").
+    """
+    if not actor.may_read(session.owner):
+        raise Forbidden("not your session")
+    t = kind.lifecycle.resolve(session.state, action, actor.roles_on(session.owner))
+    ends = t.target in kind.lifecycle.ended
+    already_ended = session.state in kind.lifecycle.ended
+    new = session.evolve(
+        state=t.target,
+        version=session.version + 1,
+        updated_at=now,
+        last_activity_at=now,
+        started_at=session.started_at or (now if not ends else None),
+        ended_at=session.ended_at if already_ended else (now if ends else None),
+        end_reason=(reason or t.reason) if ends and not already_ended else session.end_reason,
+        end_detail=detail if ends and not already_ended else session.end_detail,
+    )
+    data: JSON = {"from": session.state, "to": t.target, "action": action}
+    if ends:
+        data["reason"] = new.end_reason
+    if detail is not None:
+        data["detail"] = detail
+    return Change(session, new, _event(kind, new, STATE_CHANGED, actor, now, event_id, data))
+
+
+def update(
+    kind: Kind,
+    session: Session,
+    *,
+    actor: Principal,
+    now: datetime,
+    event_id: str,
+    attributes: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    merge_metadata: bool = False,
+    counters: Mapping[str, int] | None = None,
+) -> Change:
+    """Change attributes, metadata and/or counters (increments) of a session."""
+    if not actor.may_read(session.owner):
+        raise Forbidden("not your session")
+    if session.state in kind.lifecycle.terminal and not actor.is_system:
+        raise IllegalTransition(
+            f"session is {session.state!r}, a terminal state, and cannot be changed"
+        )
+    changes: JSON = {}
+    attrs = session.attributes
+    if attributes is not None:
+        attrs = kind.validate_attributes(attributes, base=session.attributes)
+        changes["attributes"] = {k: v for k, v in attrs.items() if session.attributes.get(k) != v}
+    meta = session.metadata
+    if metadata is not None:
+        given = _check_metadata(metadata)
+        meta = {**session.metadata, **given} if merge_metadata else given
+        changes["metadata"] = sorted(given)
+    ctrs = session.counters
+    if counters:
+        ctrs = dict(session.counters)
+        for name, inc in counters.items():
+            if not isinstance(inc, int) or isinstance(inc, bool):
+                raise InvalidInput(f"counter {name!r} increment must be an integer")
+            ctrs[name] = ctrs.get(name, 0) + inc
+        changes["counters"] = dict(counters)
+    new = session.evolve(
+        attributes=attrs,
+        metadata=meta,
+        counters=ctrs,
+        version=session.version + 1,
+        updated_at=now,
+        last_activity_at=now,
+    )
+    return Change(
+        session, new, _event(kind, new, UPDATED, actor, now, event_id, {"changes": changes})
+    )

@@ -1,0 +1,41 @@
+"""Topics of an event and who may subscribe to a topic."""
+
+from __future__ import annotations
+
+from .model import Event
+from .principal import Principal
+
+ALL = "sessions"
+
+
+def session_topics(session_id: str, kind: str, owner: str) -> tuple[str, ...]:
+    """Every topic an event about this session is published on."""
+    return (ALL, f"sessions:{kind}", f"session:{session_id}", f"user:{owner}")
+
+
+def event_topics(event: Event) -> tuple[str, ...]:
+    return session_topics(event.session_id, event.kind, event.owner)
+
+
+def parse(topic: str) -> tuple[str, str | None]:
+    """``"session:abc"`` -> ``("session", "abc")``; ``"sessions"`` -> ``("sessions", None)``."""
+    prefix, sep, rest = topic.partition(":")
+    return prefix, (rest if sep else None)
+
+
+def static_permission(principal: Principal, topic: str) -> bool | None:
+    """True/False where the topic alone decides, None where the session's owner must be looked up.
+
+    Admins read everything. ``sessions`` and ``sessions:<kind>`` carry every user's sessions,
+    so they are for admins only; ``user:<id>`` is for that user; ``session:<id>`` for its owner.
+    """
+    if principal.is_admin:
+        return True
+    prefix, rest = parse(topic)
+    if prefix == "user":
+        return rest == principal.sub
+    if prefix == "session" and rest:
+        return None
+    if prefix == "notifications":
+        return rest in (None, principal.sub)
+    return False

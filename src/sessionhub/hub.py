@@ -1,0 +1,401 @@
+"""The hub: the one place where core, kinds, store and broker meet.
+
+A command goes transport -> hub -> core/kind (pure) -> store (one transaction) -> broker.
+Per session, commit and publish happen under one lock, so events reach each topic in
+version order; across sessions and nodes, the store's compare-and-set on ``version``
+decides who wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from .broker.base import Broker, StreamPosition
+from .core import engine
+from .core.engine import Change
+from .core.errors import DuplicateId, IllegalTransition, InvalidInput, NotFound, PreconditionFailed
+from .core.kind import Kind
+from .core.model import DELETED, JSON, Event, Session
+from .core.principal import SYSTEM_PRINCIPAL, Principal
+from .core.topics import event_topics
+from .kinds.registry import Registry
+from .store.base import Page, SessionQuery, Store
+
+log = logging.getLogger("sessionhub.hub")
+
+Clock = Callable[[], datetime]
+EventListener = Callable[[Event, Change | None], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class HubStats:
+    events_published: int = 0
+    heartbeats: int = 0
+    heartbeat_flushes: int = 0
+    republished: int = 0
+
+
+class Hub:
+    """Applies commands to sessions, stores them durably and publishes their events."""
+
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        kinds: Registry,
+        *,
+        clock: Clock = utcnow,
+        mark_interval: float = 0.2,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.kinds = kinds
+        self.clock = clock
+        self.stats = HubStats()
+        self._mark_interval = mark_interval
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._listeners: list[EventListener] = []
+        self._to_mark: list[int] = []
+        self._pending_heartbeats: dict[str, datetime] = {}
+        # id -> (owner, kind, state) of sessions this node has seen, so a heartbeat costs no read.
+        self._hb_cache: dict[str, tuple[str, str, str]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.broker.start()
+        await self.republish_outbox()
+        self._tasks.append(asyncio.create_task(self._mark_loop(), name="sessionhub-outbox-marker"))
+        self._started = True
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self._started:
+            await self.flush_heartbeats()
+            await self._flush_marks()
+        await self.broker.close()
+        await self.store.close()
+        self._started = False
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        """Call ``listener(event, change)`` after every event is committed and published.
+
+        ``change`` is None for events republished from the outbox after a restart. Listeners
+        run synchronously on the event loop: they must be quick and must not raise.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    # -- publishing ------------------------------------------------------------------------
+
+    @staticmethod
+    def encode(event: Event) -> bytes:
+        """The publication payload of an event: encoded once, shared by every subscriber."""
+        return orjson.dumps(event.to_dict())
+
+    async def _publish(self, event: Event, change: Change | None) -> dict[str, StreamPosition]:
+        positions = await self.broker.publish(event_topics(event), self.encode(event))
+        self.stats.events_published += 1
+        if event.seq is not None:
+            self._to_mark.append(event.seq)
+        for listener in tuple(self._listeners):
+            try:
+                listener(event, change)
+            except Exception:
+                log.exception("event listener failed")
+        return positions
+
+    async def republish_outbox(self) -> int:
+        """Publish every committed event not yet marked published (after a crash)."""
+        total = 0
+        while True:
+            batch = await self.store.unpublished(limit=500)
+            if not batch:
+                break
+            for ev in batch:
+                await self._publish(ev, None)
+            await self._flush_marks()
+            total += len(batch)
+        if total:
+            log.info("republished %d events from the outbox", total)
+        self.stats.republished += total
+        return total
+
+    async def _flush_marks(self) -> None:
+        if self._to_mark:
+            seqs, self._to_mark = self._to_mark, []
+            await self.store.mark_published(seqs)
+
+    async def _mark_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._mark_interval)
+            try:
+                await self._flush_marks()
+            except Exception:
+                log.exception("marking events published failed; will retry")
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[session_id] = lock
+        return lock
+
+    @staticmethod
+    def _event_id() -> str:
+        return uuid.uuid4().hex
+
+    def kind_of(self, session: Session) -> Kind:
+        return self.kinds.get_kind(session.kind)
+
+    def _remember(self, s: Session) -> None:
+        self._hb_cache[s.id] = (s.owner, s.kind, s.state)
+
+    async def _load(self, principal: Principal, session_id: str) -> Session:
+        s = await self.store.get(session_id)
+        # A session the caller may not read answers 404, so ids of others do not leak.
+        if s is None or not principal.may_read(s.owner):
+            raise NotFound(f"no session {session_id!r}")
+        self._remember(s)
+        return s
+
+    async def commit(self, change: Change) -> Session:
+        """Store a change (compare-and-set) and publish its event, in version order."""
+        async with self._lock(change.session.id):
+            stored = await self.store.save(change)
+            self._remember(change.session)
+            await self._publish(stored, change)
+        return change.session
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def create(
+        self,
+        principal: Principal,
+        kind_name: str,
+        *,
+        owner: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        session_id: str | None = None,
+    ) -> tuple[Session, bool]:
+        """Create a session; returns (session, created). A repeated idempotency key returns
+        the first session and ``created=False``."""
+        kind = self.kinds.get_kind(kind_name)
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
+            raise InvalidInput("Idempotency-Key must be 1 to 200 characters")
+        for _attempt in range(3):
+            sid = session_id or f"{kind.id_prefix}_{secrets.token_hex(kind.id_bytes)}"
+            change = engine.create(
+                kind,
+                session_id=sid,
+                owner=owner or principal.sub,
+                attributes=attributes or {},
+                metadata=metadata or {},
+                actor=principal,
+                now=self.clock(),
+                event_id=self._event_id(),
+            )
+            try:
+                async with self._lock(sid):
+                    session, stored = await self.store.insert(
+                        change, idempotency_key=idempotency_key
+                    )
+                    self._remember(session)
+                    if stored is not None:
+                        await self._publish(stored, change)
+                return session, stored is not None
+            except DuplicateId:
+                if session_id is None:
+                    continue  # a random id collided; draw another
+                raise
+        raise RuntimeError("could not allocate a session id")
+
+    async def get(self, principal: Principal, session_id: str) -> Session:
+        return await self._load(principal, session_id)
+
+    async def list_sessions(self, principal: Principal, query: SessionQuery) -> Page:
+        if not principal.is_admin:
+            if query.owner not in (None, principal.sub):
+                return Page(items=[], next_cursor=None)
+            query = SessionQuery(**{**_fields(query), "owner": principal.sub})
+        return await self.store.find(query)
+
+    async def count(self, principal: Principal, query: SessionQuery) -> int:
+        if not principal.is_admin:
+            if query.owner not in (None, principal.sub):
+                return 0
+            query = SessionQuery(**{**_fields(query), "owner": principal.sub})
+        return await self.store.count(query)
+
+    async def act(
+        self,
+        principal: Principal,
+        session_id: str,
+        action: str,
+        *,
+        detail: str | None = None,
+        reason: str | None = None,
+        expected_version: int | None = None,
+    ) -> Session:
+        """Apply a lifecycle action. Illegal -> 409; concurrent change -> 409 with current."""
+        s = await self._load(principal, session_id)
+        if expected_version is not None and s.version != expected_version:
+            raise PreconditionFailed(
+                f"session is at version {s.version}, not {expected_version}", current=s.to_dict()
+            )
+        kind = self.kind_of(s)
+        try:
+            change = engine.act(
+                kind,
+                s,
+                action,
+                actor=principal,
+                now=self.clock(),
+                event_id=self._event_id(),
+                detail=detail,
+                reason=reason,
+            )
+        except IllegalTransition as exc:
+            exc.extra.setdefault("current", s.to_dict())
+            raise
+        return await self.commit(change)
+
+    async def update(
+        self,
+        principal: Principal,
+        session_id: str,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        merge_metadata: bool = False,
+        counters: Mapping[str, int] | None = None,
+        expected_version: int | None = None,
+    ) -> Session:
+        """Change attributes/metadata/counters; ``expected_version`` (If-Match) -> 412 on mismatch."""
+        s = await self._load(principal, session_id)
+        if expected_version is not None and s.version != expected_version:
+            raise PreconditionFailed(
+                f"session is at version {s.version}, not {expected_version}", current=s.to_dict()
+            )
+        change = engine.update(
+            self.kind_of(s),
+            s,
+            actor=principal,
+            now=self.clock(),
+            event_id=self._event_id(),
+            attributes=attributes,
+            metadata=metadata,
+            merge_metadata=merge_metadata,
+            counters=counters,
+        )
+        return await self.commit(change)
+
+    async def delete(self, session: Session) -> None:
+        """Delete a session and its events (the scheduler's last step); publishes a tombstone."""
+        now = self.clock()
+        tomb = Event(
+            id=self._event_id(),
+            type=DELETED,
+            session_id=session.id,
+            kind=session.kind,
+            owner=session.owner,
+            actor=SYSTEM_PRINCIPAL.sub,
+            at=now,
+            version=session.version + 1,
+            data={"state": session.state},
+        )
+        async with self._lock(session.id):
+            stored = await self.store.delete(session, tomb)
+            self._hb_cache.pop(session.id, None)
+            await self._publish(stored, None)
+
+    async def heartbeat(self, principal: Principal, session_id: str) -> datetime:
+        """Record that the session is alive. Coalesced in memory; flushed by the scheduler."""
+        cached = self._hb_cache.get(session_id)
+        if cached is None:
+            s = await self._load(principal, session_id)
+            cached = (s.owner, s.kind, s.state)
+        owner, kind_name, state = cached
+        if not principal.may_read(owner):
+            raise NotFound(f"no session {session_id!r}")
+        kind = self.kinds.get_kind(kind_name)
+        allowed = (
+            kind.heartbeat_states
+            if kind.heartbeat_states is not None
+            else (frozenset(kind.lifecycle.states) - kind.lifecycle.ended)
+        )
+        if state not in allowed:
+            raise IllegalTransition(
+                f"session is {state!r}; heartbeats are accepted only in {sorted(allowed)}"
+            )
+        now = self.clock()
+        self._pending_heartbeats[session_id] = now
+        self.stats.heartbeats += 1
+        return now
+
+    def pending_activity(self, session_id: str) -> datetime | None:
+        return self._pending_heartbeats.get(session_id)
+
+    async def flush_heartbeats(self) -> int:
+        """Write coalesced heartbeats in one batch."""
+        if not self._pending_heartbeats:
+            return 0
+        batch, self._pending_heartbeats = self._pending_heartbeats, {}
+        try:
+            await self.store.touch(batch)
+        except Exception:
+            # Keep them for the next flush rather than lose liveness information.
+            for sid, ts in batch.items():
+                self._pending_heartbeats.setdefault(sid, ts)
+            raise
+        self.stats.heartbeat_flushes += 1
+        return len(batch)
+
+    async def events(
+        self, principal: Principal, session_id: str, *, after_version: int = 0, limit: int = 100
+    ) -> list[Event]:
+        await self._load(principal, session_id)
+        return await self.store.events(session_id, after_version=after_version, limit=limit)
+
+    def view(self, session: Session) -> JSON:
+        """The REST representation: the record, the kind's extras and ``duration_seconds``."""
+        out = session.to_dict()
+        pending = self._pending_heartbeats.get(session.id)
+        if pending is not None and pending > session.last_activity_at:
+            out["last_activity_at"] = pending.isoformat().replace("+00:00", "Z")
+        out["duration_seconds"] = session.duration_seconds(self.clock())
+        kind = self.kinds.get(session.kind)
+        if kind is not None:
+            out.update(kind.view(session))
+        return out
+
+
+def _fields(q: SessionQuery) -> dict[str, Any]:
+    return {f: getattr(q, f) for f in q.__slots__}

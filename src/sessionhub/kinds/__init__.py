@@ -1,0 +1,1 @@
+"""Session kinds: one file of policy each, registered in ``registry``."""

@@ -1,0 +1,29 @@
+"""``generic``: the simplest kind; active until ended, dropped when heartbeats stop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import ClassVar
+
+from ..core.kind import Attr, Kind
+from ..core.lifecycle import Lifecycle, transition
+
+
+class Generic(Kind):
+    name = "generic"
+    id_prefix = "ses"
+    attributes: ClassVar[Mapping[str, Attr]] = {"label": Attr(str, max_length=200)}
+    lifecycle = Lifecycle(
+        states=("active", "ended", "dropped"),
+        initial=frozenset({"active"}),
+        ended=frozenset({"ended", "dropped"}),
+        transitions=(
+            transition("end", "active", "ended", reason="ended"),
+            transition(
+                "drop", "active", "dropped", roles=("system", "admin"), reason="heartbeat_timeout"
+            ),
+        ),
+    )
+    heartbeat_timeout = timedelta(minutes=5)
+    heartbeat_states = frozenset({"active"})

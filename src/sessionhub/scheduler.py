@@ -1,0 +1,171 @@
+"""Timeouts and clean-up: heartbeat drops, idle abandonment, archiving and deletion, per kind.
+
+Each sweep first flushes the hub's coalesced heartbeats, so a session is never dropped for
+a heartbeat that arrived but was not yet written. The flush interval is kept well inside the
+shortest timeout of any kind. Time comes from the hub's clock, so tests inject it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from .core.errors import SessionHubError
+from .core.kind import Kind
+from .core.principal import SYSTEM_PRINCIPAL
+from .hub import Hub
+from .store.base import Due
+
+log = logging.getLogger("sessionhub.scheduler")
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """What one sweep did, by outcome -> session ids."""
+
+    dropped: list[str] = field(default_factory=list)
+    idled: list[str] = field(default_factory=list)
+    archived: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    flushed_heartbeats: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.dropped) + len(self.idled) + len(self.archived) + len(self.deleted)
+
+
+class Scheduler:
+    """Runs sweeps every ``interval`` seconds (or on demand with ``sweep``)."""
+
+    def __init__(self, hub: Hub, *, interval: float | None = None) -> None:
+        self.hub = hub
+        shortest = hub.kinds.shortest_timeout()
+        default = 5.0 if shortest is None else max(0.05, min(5.0, shortest.total_seconds() / 6))
+        self.interval = interval if interval is not None else default
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sessionhub-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                report = await self.sweep()
+                if report.total:
+                    log.info(
+                        "sweep: dropped=%d idle=%d archived=%d deleted=%d",
+                        len(report.dropped),
+                        len(report.idled),
+                        len(report.archived),
+                        len(report.deleted),
+                    )
+            except Exception:
+                log.exception("sweep failed; will retry")
+
+    async def sweep(self, *, now: datetime | None = None) -> SweepReport:
+        """One pass over every kind's timeouts."""
+        async with self._lock:
+            report = SweepReport()
+            report.flushed_heartbeats = await self.hub.flush_heartbeats()
+            now = now or self.hub.clock()
+            for kind in self.hub.kinds.values():
+                await self._sweep_kind(kind, now, report)
+            return report
+
+    async def drop_inactive(
+        self, kinds: list[str], max_idle: timedelta, *, now: datetime | None = None
+    ) -> list[str]:
+        """Drop sessions of ``kinds`` with no heartbeat for ``max_idle`` (an on-demand check)."""
+        await self.hub.flush_heartbeats()
+        now = now or self.hub.clock()
+        out: list[str] = []
+        for name in kinds:
+            kind = self.hub.kinds.get_kind(name)
+            out += await self._apply_due(
+                kind,
+                self._alive_states(kind),
+                "last_activity_at",
+                now - max_idle,
+                kind.heartbeat_action,
+                "heartbeat_timeout",
+            )
+        return out
+
+    @staticmethod
+    def _alive_states(kind: Kind) -> frozenset[str]:
+        if kind.heartbeat_states is not None:
+            return kind.heartbeat_states
+        return frozenset(kind.lifecycle.states) - kind.lifecycle.ended
+
+    async def _sweep_kind(self, kind: Kind, now: datetime, report: SweepReport) -> None:
+        lc = kind.lifecycle
+        if kind.heartbeat_timeout is not None:
+            report.dropped += await self._apply_due(
+                kind,
+                self._alive_states(kind),
+                "last_activity_at",
+                now - kind.heartbeat_timeout,
+                kind.heartbeat_action,
+                "heartbeat_timeout",
+            )
+        if kind.idle_timeout is not None:
+            states = frozenset(t for t in lc.states if t not in lc.ended)
+            report.idled += await self._apply_due(
+                kind,
+                states,
+                "last_activity_at",
+                now - kind.idle_timeout,
+                kind.idle_action,
+                "idle_timeout",
+            )
+        if kind.archive_after is not None and kind.archive_from:
+            report.archived += await self._apply_due(
+                kind,
+                kind.archive_from,
+                "updated_at",
+                now - kind.archive_after,
+                "archive",
+                None,
+            )
+        if kind.delete_after is not None and kind.delete_from:
+            for s in await self.hub.store.due(
+                Due(kind.name, kind.delete_from, "updated_at", now - kind.delete_after)
+            ):
+                await self.hub.delete(s)
+                report.deleted.append(s.id)
+
+    async def _apply_due(
+        self,
+        kind: Kind,
+        states: frozenset[str],
+        column: str,
+        before: datetime,
+        action: str,
+        reason: str | None,
+    ) -> list[str]:
+        done: list[str] = []
+        for s in await self.hub.store.due(Due(kind.name, states, column, before)):
+            pending = self.hub.pending_activity(s.id)
+            if pending is not None and pending >= before:
+                continue  # a heartbeat arrived after the flush
+            try:
+                await self.hub.act(
+                    SYSTEM_PRINCIPAL, s.id, action, reason=reason, expected_version=s.version
+                )
+                done.append(s.id)
+            except SessionHubError as exc:
+                # Changed under us (or the action is not possible now): next sweep re-reads it.
+                log.debug("sweep skipped %s: %s", s.id, exc.detail)
+        return done

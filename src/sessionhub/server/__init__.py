@@ -1,0 +1,1 @@
+"""Thin transports: parse -> hub call -> serialize. No business logic lives here."""

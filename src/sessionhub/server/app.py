@@ -1,0 +1,56 @@
+"""The ASGI application: routers, error handling, observation, and the runtime's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from .. import __version__
+from ..core.model import Event
+from ..settings import Settings
+from . import problems, rest, system
+from .observe import Metrics, ObserveMiddleware
+from .runtime import Runtime, build_runtime
+
+#: Routers of the transports; an adapter module adds itself here.
+ROUTERS: list[APIRouter] = [system.router, rest.router]
+
+#: Functions that attach services to the runtime before it starts (realtime, adapters, ...).
+INSTALLERS: list[Callable[[FastAPI, Runtime], None]] = []
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The sessionhub ASGI app. The runtime starts and stops with the app's lifespan."""
+    runtime = runtime or build_runtime(settings or Settings.from_env())
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="sessionhub",
+        version=__version__,
+        description="Sessions of any kind, kept through their lifecycle and pushed live.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    problems.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    for install in INSTALLERS:
+        install(app, runtime)
+
+    def count_event(event: Event, _change: object) -> None:
+        metrics.events.labels(event.type).inc()
+
+    runtime.hub.add_listener(count_event)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, max_body=runtime.settings.max_body_bytes)
+    return app

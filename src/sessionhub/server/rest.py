@@ -1,0 +1,245 @@
+"""The REST API over sessions: create, list, read, change, act, heartbeat, events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..core.errors import InvalidInput
+from ..core.model import JSON, Session, iso
+from ..store.base import SessionQuery
+from .deps import HubDep, PrincipalDep
+
+router = APIRouter(prefix="/api", tags=["sessions"])
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(
+        default="generic", max_length=64, description="The session's kind (see GET /api/kinds)."
+    )
+    owner: str | None = Field(
+        default=None, max_length=200, description="Owner; admins only may name another user."
+    )
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Validated against the kind's schema."
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Free JSON kept with the session."
+    )
+
+
+class PatchSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    attributes: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Replaces the metadata object."
+    )
+
+
+class ActionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    detail: str | None = Field(
+        default=None, max_length=1000, description="Free text, e.g. why it was stopped."
+    )
+
+
+def _csv(values: list[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values or []:
+        out += [x.strip() for x in v.split(",") if x.strip()]
+    return tuple(out)
+
+
+def _if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    raw = value.strip().removeprefix("W/").strip('"')
+    if not raw.isdigit():
+        raise InvalidInput('If-Match must be a session version, e.g. If-Match: "3"')
+    return int(raw)
+
+
+def session_response(hub: HubDep, session: Session, status: int = 200) -> JSONResponse:
+    return JSONResponse(
+        hub.view(session), status_code=status, headers={"ETag": f'"{session.version}"'}
+    )
+
+
+@router.post("/sessions", status_code=201, summary="Create a session")
+async def create_session(
+    body: CreateSession,
+    hub: HubDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Create a session of ``kind``. With an ``Idempotency-Key`` header, repeating the request
+    returns the session created the first time (200 instead of 201) and creates nothing."""
+    session, created = await hub.create(
+        principal,
+        body.kind,
+        owner=body.owner,
+        attributes=body.attributes,
+        metadata=body.metadata,
+        idempotency_key=idempotency_key,
+    )
+    return session_response(hub, session, 201 if created else 200)
+
+
+@router.get("/sessions", summary="List sessions")
+async def list_sessions(
+    hub: HubDep,
+    principal: PrincipalDep,
+    kind: Annotated[
+        list[str] | None, Query(description="Kind(s), comma-separated or repeated")
+    ] = None,
+    state: Annotated[
+        list[str] | None, Query(description="State(s), comma-separated or repeated")
+    ] = None,
+    owner: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> JSON:
+    """Newest first. ``next_cursor`` fetches the next page; non-admins see only their own."""
+    page = await hub.list_sessions(
+        principal,
+        SessionQuery(kinds=_csv(kind), states=_csv(state), owner=owner, limit=limit, cursor=cursor),
+    )
+    return {"items": [hub.view(s) for s in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get("/sessions/count", summary="Count sessions")
+async def count_sessions(
+    hub: HubDep,
+    principal: PrincipalDep,
+    kind: Annotated[list[str] | None, Query()] = None,
+    state: Annotated[list[str] | None, Query()] = None,
+    owner: Annotated[str | None, Query(max_length=200)] = None,
+) -> JSON:
+    """``count`` matches the filters; ``active_sessions`` counts those not yet ended."""
+    kinds = _csv(kind)
+    q = SessionQuery(kinds=kinds, states=_csv(state), owner=owner)
+    total = await hub.count(principal, q)
+    active = 0
+    for name in kinds or tuple(hub.kinds):
+        k = hub.kinds.get_kind(name)
+        live = tuple(
+            s
+            for s in k.lifecycle.states
+            if s not in k.lifecycle.ended and (not q.states or s in q.states)
+        )
+        if live:
+            active += await hub.count(
+                principal, SessionQuery(kinds=(name,), states=live, owner=owner)
+            )
+    return {"count": total, "active_sessions": active}
+
+
+@router.get("/sessions/{session_id}", summary="Read a session")
+async def get_session(session_id: str, hub: HubDep, principal: PrincipalDep) -> JSONResponse:
+    return session_response(hub, await hub.get(principal, session_id))
+
+
+@router.patch("/sessions/{session_id}", summary="Change attributes and metadata")
+async def patch_session(
+    session_id: str,
+    body: PatchSession,
+    hub: HubDep,
+    principal: PrincipalDep,
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+) -> JSONResponse:
+    """With ``If-Match: "<version>"`` the change applies only to that version (else 412)."""
+    if body.attributes is None and body.metadata is None:
+        raise InvalidInput("nothing to change: send attributes and/or metadata")
+    session = await hub.update(
+        principal,
+        session_id,
+        attributes=body.attributes,
+        metadata=body.metadata,
+        expected_version=_if_match(if_match),
+    )
+    return session_response(hub, session)
+
+
+@router.post("/sessions/{session_id}/actions/{action}", summary="Apply a lifecycle action")
+async def act(
+    session_id: str,
+    action: str,
+    hub: HubDep,
+    principal: PrincipalDep,
+    body: ActionBody | None = None,
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+) -> JSONResponse:
+    """Move the session by a named action of its kind (GET /api/kinds lists them).
+    Illegal from the current state -> 409 with ``current``; not your role -> 403."""
+    session = await hub.act(
+        principal,
+        session_id,
+        action,
+        detail=body.detail if body else None,
+        expected_version=_if_match(if_match),
+    )
+    return session_response(hub, session)
+
+
+@router.post("/sessions/{session_id}/heartbeat", summary="Keep a session alive")
+async def heartbeat(session_id: str, hub: HubDep, principal: PrincipalDep) -> JSON:
+    at = await hub.heartbeat(principal, session_id)
+    return {"ok": True, "session_id": session_id, "last_activity_at": iso(at)}
+
+
+@router.get("/sessions/{session_id}/events", summary="A session's event log")
+async def session_events(
+    session_id: str,
+    hub: HubDep,
+    principal: PrincipalDep,
+    after_version: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JSON:
+    events = await hub.events(principal, session_id, after_version=after_version, limit=limit)
+    return {"items": [e.to_dict() for e in events]}
+
+
+@router.get("/kinds", summary="The kinds this server knows")
+async def kinds(hub: HubDep, _principal: PrincipalDep) -> JSON:
+    out = []
+    for k in hub.kinds.values():
+        lc = k.lifecycle
+        out.append(
+            {
+                "name": k.name,
+                "id_prefix": k.id_prefix,
+                "states": list(lc.states),
+                "initial": sorted(lc.initial),
+                "ended": sorted(lc.ended),
+                "terminal": sorted(lc.terminal),
+                "actions": [
+                    {
+                        "name": t.action,
+                        "from": sorted(t.sources),
+                        "to": t.target,
+                        "roles": sorted(t.roles),
+                    }
+                    for t in lc.transitions
+                ],
+                "attributes": {
+                    n: {
+                        "choices": list(a.choices) if a.choices else None,
+                        "default": a.default,
+                        "required": a.required,
+                    }
+                    for n, a in k.attributes.items()
+                },
+                "timeouts": {
+                    n: (getattr(k, n).total_seconds() if getattr(k, n) else None)
+                    for n in ("heartbeat_timeout", "idle_timeout", "archive_after", "delete_after")
+                },
+            }
+        )
+    return {"kinds": out}

@@ -1,0 +1,102 @@
+"""Server settings: defaults, ``SESSIONHUB_*`` environment variables, then CLI flags."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SESSIONHUB_"
+
+
+@dataclass(slots=True)
+class Settings:
+    """Everything the server can be told. Each field is also ``SESSIONHUB_<NAME>``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    #: Default: ``sqlite+aiosqlite:///<data_dir>/sessionhub.db``.
+    database_url: str = ""
+    broker_url: str = "memory://"
+    #: HS256 secret; default: generated into ``<data_dir>/jwt-secret`` on first start.
+    jwt_secret: str = ""
+    #: RS256 public key (PEM text or a path to a PEM file) to verify tokens from elsewhere.
+    jwt_public_key: str = ""
+    #: ``name:key[:role+role],...``
+    api_keys: str = ""
+    #: Fernet keys, comma-separated, newest first: session metadata is encrypted at rest.
+    encryption_keys: str = ""
+    #: The URL printed in the sign-in link (default http://host:port).
+    public_url: str = ""
+    log_level: str = "info"
+    #: Seconds between scheduler sweeps (default: a sixth of the shortest timeout, at most 5).
+    sweep_interval: float = 0.0
+    #: JSON: {"kind": {"heartbeat_timeout": seconds, ...}}
+    kind_timeouts: str = ""
+    #: Server ping interval on realtime connections, seconds.
+    ping_interval: float = 25.0
+    #: Publications kept per topic for recovery, and for how long (seconds).
+    history_size: int = 1000
+    history_ttl: float = 600.0
+    #: Largest request body accepted, bytes.
+    max_body_bytes: int = 1_048_576
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ if env is None else env)
+        s = cls()
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                setattr(s, f.name, _convert(getattr(s, f.name), raw))
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(s, k, _convert(getattr(s, k), v) if isinstance(v, str) else v)
+        return s
+
+    def resolved_database_url(self) -> str:
+        return (
+            self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'sessionhub.db'}"
+        )
+
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def timeout_overrides(self) -> dict[str, dict[str, float]]:
+        if not self.kind_timeouts:
+            return {}
+        value = json.loads(self.kind_timeouts)
+        if not isinstance(value, dict):
+            raise ValueError("SESSIONHUB_KIND_TIMEOUTS must be a JSON object")
+        return value
+
+    def public_key_pem(self) -> str | None:
+        if not self.jwt_public_key:
+            return None
+        if self.jwt_public_key.lstrip().startswith("-----BEGIN"):
+            return self.jwt_public_key
+        return Path(self.jwt_public_key).read_text()
+
+    def encryption_key_list(self) -> list[str]:
+        return [k.strip() for k in self.encryption_keys.split(",") if k.strip()]
+
+
+def _convert(current: Any, raw: str) -> Any:
+    if isinstance(current, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(current, int):
+        return int(raw)
+    if isinstance(current, float):
+        return float(raw)
+    if isinstance(current, Path):
+        return Path(raw)
+    return raw

@@ -1,0 +1,106 @@
+"""The ``Store`` protocol: what the hub needs from durable storage, and its contract."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from ..core.engine import Change
+from ..core.model import Event, Session
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQuery:
+    """Filters for listing and counting. Empty tuples mean "any"."""
+
+    kinds: tuple[str, ...] = ()
+    states: tuple[str, ...] = ()
+    owner: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Session]
+    next_cursor: str | None
+    total: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A sweep request: sessions of ``kind`` in ``states`` whose ``column`` is before ``before``."""
+
+    kind: str
+    states: frozenset[str]
+    column: str  # "last_activity_at" | "ended_at" | "updated_at"
+    before: datetime
+    limit: int = 500
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """Durable sessions and events.
+
+    Contract (tested against every implementation by ``tests/contract/test_store.py``):
+
+    - ``insert`` and ``save`` write the session row and append its event in **one
+      transaction**; when they return, both are durable. Events are stored unpublished.
+    - ``save`` is compare-and-set: it succeeds only if the stored version equals
+      ``change.before.version``; otherwise it raises ``VersionConflict`` carrying the
+      current session (``extra["current"]``) and writes nothing.
+    - ``insert`` with an idempotency key that was used before by the same owner writes
+      nothing and returns the session created the first time.
+    - ``unpublished`` returns committed events not yet marked published, oldest first;
+      ``mark_published`` is idempotent.
+    - ``touch`` only moves ``last_activity_at`` forward and never bumps ``version``.
+    """
+
+    url: str
+
+    async def start(self) -> None:
+        """Connect and apply migrations."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot answer a trivial query."""
+
+    async def insert(
+        self, change: Change, *, idempotency_key: str | None = None
+    ) -> tuple[Session, Event | None]:
+        """Store a new session and its created event; returns (session, stored event).
+
+        The event is None when the idempotency key was used before (nothing written)."""
+
+    async def save(self, change: Change) -> Event:
+        """Store a changed session and its event (compare-and-set); returns the stored event."""
+
+    async def delete(self, session: Session, tombstone: Event) -> Event:
+        """Delete the session and its events; append ``tombstone`` (a deleted event)."""
+
+    async def get(self, session_id: str) -> Session | None: ...
+
+    async def get_many(self, session_ids: Iterable[str]) -> dict[str, Session]: ...
+
+    async def find(self, query: SessionQuery) -> Page: ...
+
+    async def count(self, query: SessionQuery) -> int: ...
+
+    async def count_by_kind_state(self) -> dict[tuple[str, str], int]: ...
+
+    async def events(
+        self, session_id: str, *, after_version: int = 0, limit: int = 100
+    ) -> list[Event]: ...
+
+    async def unpublished(self, limit: int = 500) -> list[Event]: ...
+
+    async def mark_published(self, seqs: Sequence[int]) -> None: ...
+
+    async def touch(self, activity: Mapping[str, datetime]) -> int:
+        """Move ``last_activity_at`` forward for many sessions; returns rows changed."""
+
+    async def due(self, due: Due) -> list[Session]: ...

@@ -1,0 +1,426 @@
+"""The SQLAlchemy 2 async store: SQLite (default, embedded) and PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, event, func, or_, select, text, update
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..core.engine import Change
+from ..core.errors import DuplicateId, InvalidInput, VersionConflict
+from ..core.model import Event, Session, parse_iso
+from .base import Due, Page, SessionQuery
+from .schema import events, sessions
+from .sealing import Sealer
+
+log = logging.getLogger("sessionhub.store")
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+class _Duplicate(Exception):
+    pass
+
+
+class SqlStore:
+    """``Store`` over SQLAlchemy Core.
+
+    SQLite runs in WAL mode with ``synchronous=FULL`` (a commit is on disk when it returns)
+    and one writer at a time, serialised in-process by a lock so writers queue instead of
+    spinning on ``SQLITE_BUSY``. PostgreSQL uses a pool; compare-and-set on ``version``
+    keeps concurrent writers (and nodes) honest.
+    """
+
+    def __init__(self, url: str, *, sealer: Sealer | None = None, pool_size: int = 10) -> None:
+        self.url = url
+        self.sealer = sealer or Sealer()
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        elif url.startswith("postgresql"):
+            self.engine = create_async_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+        else:
+            raise ValueError(
+                f"unsupported database URL {url!r} (use sqlite+aiosqlite:/// or postgresql+asyncpg://)"
+            )
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.is_sqlite:
+            path = self.engine.url.database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        await self.migrate()
+
+    async def migrate(self) -> None:
+        """Apply Alembic migrations up to head (serialised across nodes on PostgreSQL)."""
+        async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(745210331)"))
+            await conn.run_sync(_upgrade)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+
+    # -- rows ----------------------------------------------------------------------------
+
+    def _session_values(self, s: Session) -> dict[str, Any]:
+        return {
+            "id": s.id,
+            "kind": s.kind,
+            "owner": s.owner,
+            "state": s.state,
+            "version": s.version,
+            "created_at": s.created_at,
+            "updated_at": s.updated_at,
+            "last_activity_at": s.last_activity_at,
+            "started_at": s.started_at,
+            "ended_at": s.ended_at,
+            "end_reason": s.end_reason,
+            "end_detail": s.end_detail,
+            "attributes": _dumps(s.attributes),
+            "metadata": self.sealer.seal(_dumps(s.metadata)),
+            "counters": _dumps(s.counters),
+        }
+
+    def _session(self, r: Row[Any]) -> Session:
+        m = r._mapping
+        return Session(
+            id=m["id"],
+            kind=m["kind"],
+            owner=m["owner"],
+            state=m["state"],
+            version=m["version"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+            last_activity_at=m["last_activity_at"],
+            started_at=m["started_at"],
+            ended_at=m["ended_at"],
+            end_reason=m["end_reason"],
+            end_detail=m["end_detail"],
+            attributes=orjson.loads(m["attributes"]),
+            metadata=orjson.loads(self.sealer.open(m["metadata"])),
+            counters=orjson.loads(m["counters"]),
+        )
+
+    def _event_values(self, e: Event) -> dict[str, Any]:
+        return {
+            "id": e.id,
+            "session_id": e.session_id,
+            "type": e.type,
+            "kind": e.kind,
+            "owner": e.owner,
+            "actor": e.actor,
+            "at": e.at,
+            "version": e.version,
+            "data": self.sealer.seal(_dumps(e.data)),
+            "published": False,
+        }
+
+    def _event(self, r: Row[Any]) -> Event:
+        m = r._mapping
+        return Event(
+            id=m["id"],
+            type=m["type"],
+            session_id=m["session_id"],
+            kind=m["kind"],
+            owner=m["owner"],
+            actor=m["actor"],
+            at=m["at"],
+            version=m["version"],
+            data=orjson.loads(self.sealer.open(m["data"])),
+            seq=m["seq"],
+        )
+
+    async def _append(self, conn: AsyncConnection, e: Event) -> Event:
+        result = await conn.execute(events.insert().values(**self._event_values(e)))
+        seq = result.inserted_primary_key[0] if result.inserted_primary_key else None
+        return dataclasses.replace(e, seq=seq)
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def insert(
+        self, change: Change, *, idempotency_key: str | None = None
+    ) -> tuple[Session, Event | None]:
+        key = f"{change.session.owner}\x1f{idempotency_key}" if idempotency_key else None
+        if key is not None:
+            existing = await self._by_key(key)
+            if existing is not None:
+                return existing, None
+        try:
+            async with self._tx() as conn:
+                values = self._session_values(change.session)
+                values["idempotency_key"] = key
+                try:
+                    await conn.execute(sessions.insert().values(**values))
+                except IntegrityError as exc:
+                    raise _Duplicate from exc
+                stored = await self._append(conn, change.event)
+            return change.session, stored
+        except _Duplicate:
+            if key is not None:
+                existing = await self._by_key(key)
+                if existing is not None:
+                    return existing, None
+            raise DuplicateId(f"session id {change.session.id!r} already exists") from None
+
+    async def _by_key(self, key: str) -> Session | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(sessions).where(sessions.c.idempotency_key == key))
+            ).first()
+        return self._session(row) if row else None
+
+    async def save(self, change: Change) -> Event:
+        assert change.before is not None
+        values = self._session_values(change.session)
+        del values["id"]
+        async with self._tx() as conn:
+            result = await conn.execute(
+                update(sessions)
+                .where(
+                    and_(
+                        sessions.c.id == change.session.id,
+                        sessions.c.version == change.before.version,
+                    )
+                )
+                .values(**values)
+            )
+            if result.rowcount == 1:
+                return await self._append(conn, change.event)
+        current = await self.get(change.session.id)
+        raise VersionConflict(
+            f"session {change.session.id!r} changed concurrently (now version "
+            f"{current.version if current else 'deleted'}, you had {change.before.version})",
+            current=current.to_dict() if current else None,
+        )
+
+    async def delete(self, session: Session, tombstone: Event) -> Event:
+        async with self._tx() as conn:
+            await conn.execute(events.delete().where(events.c.session_id == session.id))
+            await conn.execute(sessions.delete().where(sessions.c.id == session.id))
+            return await self._append(conn, tombstone)
+
+    async def touch(self, activity: Mapping[str, datetime]) -> int:
+        if not activity:
+            return 0
+        stmt = (
+            update(sessions)
+            .where(and_(sessions.c.id == _bind("sid"), sessions.c.last_activity_at < _bind("ts")))
+            .values(last_activity_at=_bind("ts"))
+        )
+        params = [{"sid": sid, "ts": ts} for sid, ts in activity.items()]
+        async with self._tx() as conn:
+            result = await conn.execute(stmt, params)
+        return max(0, result.rowcount or 0)
+
+    async def mark_published(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        async with self._tx() as conn:
+            for i in range(0, len(seqs), 500):
+                chunk = list(seqs[i : i + 500])
+                await conn.execute(
+                    update(events).where(events.c.seq.in_(chunk)).values(published=True)
+                )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, session_id: str) -> Session | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+        return self._session(row) if row else None
+
+    async def get_many(self, session_ids: Iterable[str]) -> dict[str, Session]:
+        ids = list(session_ids)
+        if not ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(sessions).where(sessions.c.id.in_(ids)))).all()
+        return {r._mapping["id"]: self._session(r) for r in rows}
+
+    def _where(self, q: SessionQuery) -> list[Any]:
+        clauses: list[Any] = []
+        if q.kinds:
+            clauses.append(sessions.c.kind.in_(q.kinds))
+        if q.states:
+            clauses.append(sessions.c.state.in_(q.states))
+        if q.owner is not None:
+            clauses.append(sessions.c.owner == q.owner)
+        return clauses
+
+    async def find(self, query: SessionQuery) -> Page:
+        clauses = self._where(query)
+        if query.cursor:
+            ts, sid = _decode_cursor(query.cursor)
+            clauses.append(
+                or_(
+                    sessions.c.created_at < ts,
+                    and_(sessions.c.created_at == ts, sessions.c.id < sid),
+                )
+            )
+        stmt = (
+            select(sessions)
+            .where(*clauses)
+            .order_by(sessions.c.created_at.desc(), sessions.c.id.desc())
+            .limit(query.limit + 1)
+        )
+        if query.offset:
+            stmt = stmt.offset(query.offset)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        items = [self._session(r) for r in rows[: query.limit]]
+        nxt = _encode_cursor(items[-1]) if len(rows) > query.limit and items else None
+        return Page(items=items, next_cursor=nxt)
+
+    async def count(self, query: SessionQuery) -> int:
+        stmt = select(func.count()).select_from(sessions).where(*self._where(query))
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def count_by_kind_state(self) -> dict[tuple[str, str], int]:
+        stmt = select(sessions.c.kind, sessions.c.state, func.count()).group_by(
+            sessions.c.kind, sessions.c.state
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    async def events(
+        self, session_id: str, *, after_version: int = 0, limit: int = 100
+    ) -> list[Event]:
+        stmt = (
+            select(events)
+            .where(and_(events.c.session_id == session_id, events.c.version > after_version))
+            .order_by(events.c.seq)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [self._event(r) for r in rows]
+
+    async def unpublished(self, limit: int = 500) -> list[Event]:
+        stmt = (
+            select(events).where(events.c.published.is_(False)).order_by(events.c.seq).limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [self._event(r) for r in rows]
+
+    async def due(self, due: Due) -> list[Session]:
+        column = sessions.c[due.column]
+        stmt = (
+            select(sessions)
+            .where(
+                sessions.c.kind == due.kind, sessions.c.state.in_(due.states), column < due.before
+            )
+            .order_by(column)
+            .limit(due.limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [self._session(r) for r in rows]
+
+    async def rotate_keys(self, batch: int = 500) -> int:
+        """Re-seal every metadata and event payload with the newest key; returns rows rewritten."""
+        done = 0
+        for table, key, col in (
+            (sessions, sessions.c.id, "metadata"),
+            (events, events.c.seq, "data"),
+        ):
+            last: Any = None
+            while True:
+                async with self._tx() as conn:
+                    stmt = select(key, table.c[col]).order_by(key).limit(batch)
+                    if last is not None:
+                        stmt = stmt.where(key > last)
+                    rows = (await conn.execute(stmt)).all()
+                    for row in rows:
+                        await conn.execute(
+                            update(table)
+                            .where(key == row[0])
+                            .values({col: self.sealer.reseal(row[1])})
+                        )
+                if not rows:
+                    break
+                last = rows[-1][0]
+                done += len(rows)
+        return done
+
+
+def _bind(name: str) -> Any:
+    from sqlalchemy import bindparam
+
+    return bindparam(name)
+
+
+def _encode_cursor(s: Session) -> str:
+    raw = _dumps([s.created_at.isoformat(), s.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        ts, sid = orjson.loads(raw)
+        return parse_iso(ts), str(sid)
+    except Exception:
+        raise InvalidInput("invalid cursor") from None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # FULL: a transaction is durable when COMMIT returns, even across power loss.
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _upgrade(sync_conn: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+def open_store(url: str, *, encryption_keys: Sequence[str] = ()) -> SqlStore:
+    """The store for ``url`` (``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://...``)."""
+    return SqlStore(url, sealer=Sealer(encryption_keys))
