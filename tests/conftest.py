@@ -53,7 +53,14 @@ async def reset_postgres(url: str) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            for table in ("events", "sessions", "notifications", "alembic_version"):
+            for table in (
+                "events",
+                "sessions",
+                "notifications",
+                "chat_messages",
+                "webhook_deliveries",
+                "alembic_version",
+            ):
                 await conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     finally:
         await engine.dispose()

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..broker.base import StreamPosition
 from ..core.errors import InvalidInput
 from ..core.model import JSON, Session, iso
+from ..core.topics import ALL as ALL_TOPIC
 from ..store.base import SessionQuery
 from .deps import HubDep, PrincipalDep
 
@@ -66,10 +68,17 @@ def _if_match(value: str | None) -> int | None:
     return int(raw)
 
 
-def session_response(hub: HubDep, session: Session, status: int = 200) -> JSONResponse:
-    return JSONResponse(
-        hub.view(session), status_code=status, headers={"ETag": f'"{session.version}"'}
-    )
+def _stream(topic: str, position: StreamPosition) -> JSON:
+    return {"topic": topic, "offset": position.offset, "epoch": position.epoch}
+
+
+def session_response(
+    hub: HubDep, session: Session, status: int = 200, position: StreamPosition | None = None
+) -> JSONResponse:
+    body = hub.view(session)
+    if position is not None:
+        body["stream"] = _stream(f"session:{session.id}", position)
+    return JSONResponse(body, status_code=status, headers={"ETag": f'"{session.version}"'})
 
 
 @router.post("/sessions", status_code=201, summary="Create a session")
@@ -106,12 +115,27 @@ async def list_sessions(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JSON:
-    """Newest first. ``next_cursor`` fetches the next page; non-admins see only their own."""
+    """Newest first. ``next_cursor`` fetches the next page; non-admins see only their own.
+
+    ``stream`` is the position (topic, offset, epoch) of the realtime topic that carries
+    changes to these sessions, read *before* the snapshot: subscribe from there and nothing
+    is missed (a publication whose ``version`` is not newer than the snapshot's is a repeat).
+    """
+    kinds = _csv(kind)
+    if principal.is_admin and owner is None:
+        topic = f"sessions:{kinds[0]}" if len(kinds) == 1 else ALL_TOPIC
+    else:
+        topic = f"user:{owner or principal.sub}"
+    position = await hub.broker.position(topic)
     page = await hub.list_sessions(
         principal,
-        SessionQuery(kinds=_csv(kind), states=_csv(state), owner=owner, limit=limit, cursor=cursor),
+        SessionQuery(kinds=kinds, states=_csv(state), owner=owner, limit=limit, cursor=cursor),
     )
-    return {"items": [hub.view(s) for s in page.items], "next_cursor": page.next_cursor}
+    return {
+        "items": [hub.view(s) for s in page.items],
+        "next_cursor": page.next_cursor,
+        "stream": _stream(topic, position),
+    }
 
 
 @router.get("/sessions/count", summary="Count sessions")
@@ -143,7 +167,9 @@ async def count_sessions(
 
 @router.get("/sessions/{session_id}", summary="Read a session")
 async def get_session(session_id: str, hub: HubDep, principal: PrincipalDep) -> JSONResponse:
-    return session_response(hub, await hub.get(principal, session_id))
+    """The session, with ``stream``: the position of ``session:<id>`` this snapshot reflects."""
+    position = await hub.broker.position(f"session:{session_id}")
+    return session_response(hub, await hub.get(principal, session_id), position=position)
 
 
 @router.patch("/sessions/{session_id}", summary="Change attributes and metadata")

@@ -89,3 +89,49 @@ events = Table(
     Index("ix_events_session", "session_id", "version"),
     Index("ix_events_unpublished", "published", "seq"),
 )
+
+# Notifications produced by kinds (see ``Kind.notifications``), per recipient user.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("user_id", String(200), nullable=False),
+    Column("event", String(100), nullable=False),
+    Column("session_id", String(64)),
+    Column("data", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("read_at", UTCDateTime),
+    Index("ix_notifications_user", "user_id", "seq"),
+)
+
+# Chat messages of a session (workspaces), appended and read in pages. ``content`` is sealed.
+chat_messages = Table(
+    "chat_messages",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("session_id", String(64), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("metadata", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_chat_session", "session_id", "seq"),
+)
+
+# Webhook deliveries: an outbox of signed POSTs, retried with backoff until delivered.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("url", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime),
+    Column("failed_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_webhooks_due", "delivered_at", "failed_at", "next_attempt_at"),
+)
