@@ -66,13 +66,66 @@ async def reset_postgres(url: str) -> None:
         await engine.dispose()
 
 
+_CREATED_DATABASES: set[tuple[str, str]] = set()
+_OWN_URL: dict[str, str] = {}
+
+
+async def _own_database(url: str) -> str:
+    """A database of this test process's own (created once), so concurrent runs never collide."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    base = make_url(url)
+    name = f"{base.database or 'test'}_sessionhub_{os.getpid()}"
+    engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            exists = await conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            )
+            if not exists:
+                await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await engine.dispose()
+    _CREATED_DATABASES.add((base.render_as_string(hide_password=False), name))
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the per-process databases again."""
+    if not _CREATED_DATABASES:
+        return
+
+    async def drop() -> None:
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        for base, name in _CREATED_DATABASES:
+            engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
+            try:
+                async with engine.connect() as conn:
+                    await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            finally:
+                await engine.dispose()
+
+    try:
+        asyncio.run(drop())
+    except Exception as exc:  # leaving a test database behind must not fail the run
+        print(f"note: could not drop test databases: {exc}")
+
+
 @pytest.fixture
 async def postgres_url() -> str:
+    """A clean PostgreSQL database URL (this process's own database, tables dropped)."""
     try:
-        await asyncio.wait_for(reset_postgres(POSTGRES_URL), 10)
+        if POSTGRES_URL not in _OWN_URL:
+            _OWN_URL[POSTGRES_URL] = await asyncio.wait_for(_own_database(POSTGRES_URL), 10)
+        url = _OWN_URL[POSTGRES_URL]
+        await asyncio.wait_for(reset_postgres(url), 10)
     except Exception as exc:
         service_unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
-    return POSTGRES_URL
+    return url
 
 
 @pytest.fixture

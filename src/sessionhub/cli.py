@@ -39,10 +39,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server.app import create_app
     from .server.observe import setup_logging
+    from .server.realtime import uvicorn_ws_protocol
     from .server.runtime import build_runtime
 
     settings = _settings(args)
     setup_logging(settings.log_level)
+    # Connect and migrate once before serving, so a bad database URL or an unreachable
+    # server is one clear line here instead of a traceback from the ASGI lifespan.
+    asyncio.run(_check_store(settings))
     runtime = build_runtime(settings)
     app = create_app(settings, runtime=runtime)
     url = settings.resolved_public_url()
@@ -65,26 +69,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         ws_ping_interval=None,
         lifespan="on",
+        # /connection/websocket on sessionhub's fast WebSocket engine; other paths unchanged.
+        ws=uvicorn_ws_protocol(app),
     )
     uvicorn.Server(config).run()
     return 0
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
+async def _check_store(settings: Settings) -> None:
+    """Open the store (applying migrations) and close it again."""
     from .store import open_store
 
+    store = open_store(
+        settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
+    )
+    try:
+        await store.start()
+    finally:
+        await store.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-
-    async def run() -> None:
-        store = open_store(
-            settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
-        )
-        try:
-            await store.start()
-        finally:
-            await store.close()
-
-    asyncio.run(run())
+    asyncio.run(_check_store(settings))
     print(f"migrated {_redact(settings.resolved_database_url())} to the newest schema")
     return 0
 
@@ -185,9 +192,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class ConfigError(Exception):
+    """A problem with the configuration or the environment, reported as one line."""
+
+
+def _is_setup_error(exc: BaseException) -> bool:
+    # Bad settings (ValueError), an unreachable database (OSError) or a database error
+    # raised while connecting or migrating: the user needs a message, not a traceback.
+    return isinstance(exc, ValueError | OSError | ConfigError) or type(exc).__module__.startswith(
+        ("sqlalchemy", "asyncpg", "sqlite3", "alembic")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except Exception as exc:
+        if not _is_setup_error(exc):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"sessionhub {args.command}: error: {type(exc).__name__}: {message}", file=sys.stderr)
+        return 1
     return result
 
 

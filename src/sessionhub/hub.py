@@ -173,14 +173,25 @@ class Hub:
     def kind_of(self, session: Session) -> Kind:
         return self.kinds.get_kind(session.kind)
 
+    #: Sessions whose (owner, kind, state) a heartbeat can check without a read.
+    HEARTBEAT_CACHE_SIZE = 100_000
+
     def _remember(self, s: Session) -> None:
+        kind = self.kinds.get(s.kind)
+        if kind is not None and s.state in kind.lifecycle.ended:
+            # Ended sessions take no heartbeats; forgetting them keeps the cache to live ones
+            # (a stray heartbeat for one costs a read and gets its 409 from there).
+            self._hb_cache.pop(s.id, None)
+            return
         self._hb_cache[s.id] = (s.owner, s.kind, s.state)
+        if len(self._hb_cache) > self.HEARTBEAT_CACHE_SIZE:
+            self._hb_cache.pop(next(iter(self._hb_cache)))  # the oldest entry
 
     async def _load(self, principal: Principal, session_id: str) -> Session:
         s = await self.store.get(session_id)
         # A session the caller may not read answers 404, so ids of others do not leak.
         if s is None or not principal.may_read(s.owner):
-            raise NotFound(f"no session {session_id!r}")
+            raise NotFound(f"no session {session_id[:100]!r}")
         self._remember(s)
         return s
 
@@ -215,7 +226,7 @@ class Hub:
             change = engine.create(
                 kind,
                 session_id=sid,
-                owner=owner or principal.sub,
+                owner=principal.sub if owner is None else owner,
                 attributes=attributes or {},
                 metadata=metadata or {},
                 actor=principal,
@@ -304,17 +315,21 @@ class Hub:
             raise PreconditionFailed(
                 f"session is at version {s.version}, not {expected_version}", current=s.to_dict()
             )
-        change = engine.update(
-            self.kind_of(s),
-            s,
-            actor=principal,
-            now=self.clock(),
-            event_id=self._event_id(),
-            attributes=attributes,
-            metadata=metadata,
-            merge_metadata=merge_metadata,
-            counters=counters,
-        )
+        try:
+            change = engine.update(
+                self.kind_of(s),
+                s,
+                actor=principal,
+                now=self.clock(),
+                event_id=self._event_id(),
+                attributes=attributes,
+                metadata=metadata,
+                merge_metadata=merge_metadata,
+                counters=counters,
+            )
+        except IllegalTransition as exc:
+            exc.extra.setdefault("current", s.to_dict())
+            raise
         return await self.commit(change)
 
     async def delete(self, session: Session) -> None:

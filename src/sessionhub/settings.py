@@ -52,12 +52,13 @@ class Settings:
         for f in fields(cls):
             if f.name == "extra":
                 continue
-            raw = env.get(ENV_PREFIX + f.name.upper())
+            name = ENV_PREFIX + f.name.upper()
+            raw = env.get(name)
             if raw is not None:
-                setattr(s, f.name, _convert(getattr(s, f.name), raw))
+                setattr(s, f.name, _convert(getattr(s, f.name), raw, name))
         for k, v in overrides.items():
             if v is not None:
-                setattr(s, k, _convert(getattr(s, k), v) if isinstance(v, str) else v)
+                setattr(s, k, _convert(getattr(s, k), v, k) if isinstance(v, str) else v)
         return s
 
     def resolved_database_url(self) -> str:
@@ -74,9 +75,19 @@ class Settings:
     def timeout_overrides(self) -> dict[str, dict[str, float]]:
         if not self.kind_timeouts:
             return {}
-        value = json.loads(self.kind_timeouts)
-        if not isinstance(value, dict):
-            raise ValueError("SESSIONHUB_KIND_TIMEOUTS must be a JSON object")
+        try:
+            value = json.loads(self.kind_timeouts)
+        except ValueError:
+            raise ValueError("SESSIONHUB_KIND_TIMEOUTS is not valid JSON") from None
+        if not isinstance(value, dict) or not all(
+            isinstance(v, dict)
+            and all(isinstance(n, int | float) and not isinstance(n, bool) for n in v.values())
+            for v in value.values()
+        ):
+            raise ValueError(
+                'SESSIONHUB_KIND_TIMEOUTS must be a JSON object like {"generic": '
+                '{"heartbeat_timeout": 60}}'
+            )
         return value
 
     def public_key_pem(self) -> str | None:
@@ -90,13 +101,17 @@ class Settings:
         return [k.strip() for k in self.encryption_keys.split(",") if k.strip()]
 
 
-def _convert(current: Any, raw: str) -> Any:
+def _convert(current: Any, raw: str, name: str = "value") -> Any:
     if isinstance(current, bool):
         return raw.lower() in ("1", "true", "yes", "on")
-    if isinstance(current, int):
-        return int(raw)
-    if isinstance(current, float):
-        return float(raw)
+    try:
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+    except ValueError:
+        what = "an integer" if isinstance(current, int) else "a number"
+        raise ValueError(f"{name} must be {what}, not {raw!r}") from None
     if isinstance(current, Path):
         return Path(raw)
     return raw

@@ -8,15 +8,30 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .base import Listener, Publication, StreamPosition
+from .base import (
+    ClientInfo,
+    Listener,
+    PresenceEvent,
+    PresenceListener,
+    Publication,
+    StreamPosition,
+)
 
 
 @dataclass(slots=True)
 class _Stream:
     epoch: str
     offset: int = 0
+    last_publish: float = 0.0
     items: deque[tuple[float, Publication]] = field(default_factory=deque)
     listeners: list[Listener] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Presence:
+    #: client id -> (info, lease expiry)
+    leases: dict[str, tuple[ClientInfo, float]] = field(default_factory=dict)
+    listeners: list[PresenceListener] = field(default_factory=list)
 
 
 class MemoryBroker:
@@ -34,17 +49,23 @@ class MemoryBroker:
         self.history_ttl = history_ttl
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
+        self._presence: dict[str, _Presence] = {}
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         self._streams.clear()
+        self._presence.clear()
+
+    # -- streams -----------------------------------------------------------------------------
 
     def _stream(self, topic: str) -> _Stream:
         s = self._streams.get(topic)
         if s is None:
-            s = self._streams[topic] = _Stream(epoch=secrets.token_hex(4))
+            s = self._streams[topic] = _Stream(
+                epoch=secrets.token_hex(4), last_publish=self._clock()
+            )
         return s
 
     def _trim(self, s: _Stream, now: float) -> None:
@@ -59,6 +80,7 @@ class MemoryBroker:
         for topic in topics:
             s = self._stream(topic)
             s.offset += 1
+            s.last_publish = now
             pub = Publication(topic, s.offset, s.epoch, data)
             s.items.append((now, pub))
             self._trim(s, now)
@@ -77,17 +99,22 @@ class MemoryBroker:
         s = self._stream(topic)
         self._trim(s, self._clock())
         pos = StreamPosition(s.offset, s.epoch)
-        pubs = [p for _, p in s.items]
         if since is None:
-            return pubs[-limit:] if limit > 0 else [], pos, True
-        if since.epoch != s.epoch or since.offset > s.offset:
+            if limit <= 0:
+                return [], pos, True
+            n = len(s.items)
+            return [p for _, p in list(s.items)[max(0, n - limit) :]], pos, True
+        if since.epoch != s.epoch or since.offset > s.offset or since.offset < 0:
             return [], pos, False
-        oldest = pubs[0].offset if pubs else s.offset + 1
+        oldest = s.items[0][1].offset if s.items else s.offset + 1
         complete = since.offset + 1 >= oldest
-        after = [p for p in pubs if p.offset > since.offset]
-        if len(after) > limit:
-            return after[:limit], pos, False
-        return after, pos, complete
+        if not complete:
+            return [], pos, False
+        # Offsets in the deque are contiguous, so the start index is arithmetic.
+        start = since.offset + 1 - oldest
+        items = list(s.items)
+        after = [p for _, p in items[start : start + max(limit, 0)]]
+        return after, pos, len(items) - start <= max(limit, 0)
 
     def subscribe(self, topic: str, listener: Listener) -> Callable[[], None]:
         s = self._stream(topic)
@@ -98,3 +125,81 @@ class MemoryBroker:
                 s.listeners.remove(listener)
 
         return unsubscribe
+
+    # -- presence ----------------------------------------------------------------------------
+
+    def _notify(self, p: _Presence, event: PresenceEvent) -> None:
+        for listener in tuple(p.listeners):
+            listener(event)
+
+    def _expire_topic(self, topic: str, p: _Presence, now: float) -> int:
+        dead = [c for c, (_, until) in p.leases.items() if until <= now]
+        for client in dead:
+            info, _ = p.leases.pop(client)
+            self._notify(p, PresenceEvent(topic, False, info, "lost"))
+        return len(dead)
+
+    async def join(self, topic: str, info: ClientInfo, *, ttl: float) -> bool:
+        now = self._clock()
+        p = self._presence.get(topic)
+        if p is None:
+            p = self._presence[topic] = _Presence()
+        self._expire_topic(topic, p, now)
+        new = info.client not in p.leases
+        p.leases[info.client] = (info, now + ttl)
+        if new:
+            self._notify(p, PresenceEvent(topic, True, info))
+        return new
+
+    async def leave(self, topic: str, client: str) -> bool:
+        p = self._presence.get(topic)
+        if p is None or client not in p.leases:
+            return False
+        info, _ = p.leases.pop(client)
+        self._notify(p, PresenceEvent(topic, False, info, "left"))
+        if not p.leases and not p.listeners:
+            del self._presence[topic]
+        return True
+
+    async def presence(self, topic: str) -> dict[str, ClientInfo]:
+        p = self._presence.get(topic)
+        if p is None:
+            return {}
+        self._expire_topic(topic, p, self._clock())
+        return {c: info for c, (info, _) in p.leases.items()}
+
+    async def presence_stats(self, topic: str) -> tuple[int, int]:
+        clients = await self.presence(topic)
+        return len(clients), len({i.user for i in clients.values()})
+
+    def watch_presence(self, topic: str, listener: PresenceListener) -> Callable[[], None]:
+        p = self._presence.get(topic)
+        if p is None:
+            p = self._presence[topic] = _Presence()
+        p.listeners.append(listener)
+        target = p
+
+        def unwatch() -> None:
+            if listener in target.listeners:
+                target.listeners.remove(listener)
+            if not target.leases and not target.listeners and self._presence.get(topic) is target:
+                del self._presence[topic]
+
+        return unwatch
+
+    async def expire(self) -> int:
+        now = self._clock()
+        removed = 0
+        for topic, p in list(self._presence.items()):
+            removed += self._expire_topic(topic, p, now)
+            if not p.leases and not p.listeners:
+                del self._presence[topic]
+        # A stream whose history has aged out and that nobody listens to costs memory for
+        # nothing; dropping it gives the topic a new epoch, so a client that recovers from
+        # its old position is told plainly that it cannot (it could not anyway: the window
+        # has passed) rather than silently.
+        for topic, s in list(self._streams.items()):
+            self._trim(s, now)
+            if not s.items and not s.listeners and now - s.last_publish > self.history_ttl:
+                del self._streams[topic]
+        return removed

@@ -6,6 +6,7 @@ Every function returns exactly one event and a session whose ``version`` is one 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,8 @@ from .model import CREATED, JSON, STATE_CHANGED, UPDATED, Event, Session
 from .principal import Principal
 
 MAX_METADATA_BYTES = 64 * 1024
+#: Deepest nesting accepted in metadata and attributes.
+MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,53 @@ def _check_metadata(metadata: Any) -> JSON:
     return dict(metadata)
 
 
+def check_json(value: Any, what: str) -> None:
+    """Refuse values that JSON clients and encoders cannot carry faithfully: nesting deeper
+    than ``MAX_JSON_DEPTH``, integers outside 64 bits, NaN or infinite numbers, non-string
+    keys. Walks iteratively, so a hostile value cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        if isinstance(item, int):
+            if not -(2**63) <= item < 2**63:
+                raise InvalidInput(f"{what} holds an integer outside the 64-bit range")
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                raise InvalidInput(f"{what} holds a number that is not finite")
+        elif isinstance(item, Mapping | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, Mapping):
+                if not all(isinstance(k, str) for k in item):
+                    raise InvalidInput(f"{what} keys must be strings")
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        else:
+            raise InvalidInput(f"{what} must be plain JSON (objects, arrays, strings, numbers)")
+
+
+def _check_metadata_size(metadata: JSON) -> None:
+    # Bounded so one session cannot bloat every event and snapshot that carries it.
+    check_json(metadata, "metadata")
+    try:
+        size = len(
+            json.dumps(
+                metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        )
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            "metadata must be plain JSON (objects, arrays, strings, numbers)"
+        ) from None
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInput(
+            f"metadata is {size} bytes encoded; at most {MAX_METADATA_BYTES} are allowed"
+        )
+
+
 def create(
     kind: Kind,
     *,
@@ -75,6 +125,7 @@ def create(
     if owner != actor.sub and not actor.is_admin:
         raise Forbidden("only an admin may create a session for another user")
     attrs = kind.validate_attributes(attributes)
+    check_json(attrs, "attributes")
     state = kind.initial_state(attrs)
     if state not in kind.lifecycle.initial:
         raise IllegalTransition(f"kind {kind.name!r} cannot start in state {state!r}")
@@ -91,6 +142,7 @@ def create(
         attributes=attrs,
         metadata=_check_metadata(metadata),
     )
+    _check_metadata_size(session.metadata)
     return Change(
         None, session, _event(kind, session, CREATED, actor, now, event_id, {"state": state})
     )
@@ -158,11 +210,13 @@ def update(
     attrs = session.attributes
     if attributes is not None:
         attrs = kind.validate_attributes(attributes, base=session.attributes)
+        check_json(attrs, "attributes")
         changes["attributes"] = {k: v for k, v in attrs.items() if session.attributes.get(k) != v}
     meta = session.metadata
     if metadata is not None:
         given = _check_metadata(metadata)
         meta = {**session.metadata, **given} if merge_metadata else given
+        _check_metadata_size(meta)
         changes["metadata"] = sorted(given)
     ctrs = session.counters
     if counters:

@@ -40,6 +40,10 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     return _TYPE_NAMES.get(t, t.__name__)
 
 
+def _article(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
 class Kind:
     """Policy for one type of session. Subclass it in ``kinds/<name>.py`` and register it.
 
@@ -105,7 +109,9 @@ class Kind:
                 if value is None and not spec.required:
                     ok = True
                 if not ok:
-                    raise InvalidInput(f"attribute {name!r} must be a {_type_name(spec.type)}")
+                    raise InvalidInput(
+                        f"attribute {name!r} must be {_article(_type_name(spec.type))}"
+                    )
                 if spec.choices is not None and value not in spec.choices:
                     raise InvalidInput(f"attribute {name!r} must be one of {list(spec.choices)}")
                 if (

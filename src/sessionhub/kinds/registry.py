@@ -8,8 +8,16 @@ from datetime import timedelta
 from ..core.errors import InvalidInput
 from ..core.kind import Kind
 from .generic import Generic
+from .remote_access import RemoteAccess
+from .screen_share import ScreenShare
+from .workspace import Workspace
 
-BUILTIN: tuple[type[Kind], ...] = (Generic,)
+BUILTIN: tuple[type[Kind], ...] = (
+    Generic,
+    Workspace,
+    RemoteAccess,
+    ScreenShare,
+)
 
 
 class Registry(Mapping[str, Kind]):

@@ -10,15 +10,41 @@ from fastapi import APIRouter, FastAPI
 from .. import __version__
 from ..core.model import Event
 from ..settings import Settings
-from . import problems, rest, system
+from . import (
+    grace,
+    jambot,
+    kato,
+    notifications,
+    problems,
+    realtime,
+    rest,
+    sse,
+    stream_relay,
+    system,
+)
 from .observe import Metrics, ObserveMiddleware
 from .runtime import Runtime, build_runtime
 
 #: Routers of the transports; an adapter module adds itself here.
-ROUTERS: list[APIRouter] = [system.router, rest.router]
+ROUTERS: list[APIRouter] = [
+    system.router,
+    # Before the other session routers: its /api/sessions/active|history are fixed paths.
+    grace.router,
+    notifications.router,
+    stream_relay.router,
+    jambot.router,
+    sse.router,
+    rest.router,
+]
 
 #: Functions that attach services to the runtime before it starts (realtime, adapters, ...).
-INSTALLERS: list[Callable[[FastAPI, Runtime], None]] = []
+INSTALLERS: list[Callable[[FastAPI, Runtime], None]] = [
+    realtime.install,  # first: adapters find runtime.services["realtime"]
+    jambot.install,
+    kato.install,
+    notifications.install,
+    stream_relay.install,
+]
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:

@@ -12,17 +12,29 @@ from .runtime import Runtime
 
 
 def get_runtime(request: Request) -> Runtime:
+    """The runtime of the app serving ``request`` (plain function; call it anywhere)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_hub(request: Request) -> Hub:
-    return get_runtime(request).hub
+# The dependencies below are ``async def`` on purpose: FastAPI runs plain ``def``
+# dependencies in a worker thread, a thread hop per dependency per request that cost more
+# than a whole heartbeat.
 
 
-def get_principal(request: Request) -> Principal:
+async def runtime_dependency(request: Request) -> Runtime:
+    return get_runtime(request)
+
+
+async def get_hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.runtime.hub
+    return hub
+
+
+async def get_principal(request: Request) -> Principal:
     """The authenticated caller (401 problem if missing or invalid)."""
-    principal = get_runtime(request).auth.authenticate(
+    runtime: Runtime = request.app.state.runtime
+    principal = runtime.auth.authenticate(
         request.headers.get("authorization"), request.headers.get("x-api-key")
     )
     request.state.principal = principal
@@ -30,5 +42,5 @@ def get_principal(request: Request) -> Principal:
 
 
 HubDep = Annotated[Hub, Depends(get_hub)]
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+RuntimeDep = Annotated[Runtime, Depends(runtime_dependency)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("sessionhub.http")
@@ -79,8 +80,21 @@ class ObserveMiddleware:
                 status = message["status"]
             await send(message)
 
+        received = 0
+
+        async def receive_limited() -> Message:
+            # A chunked body has no content-length to check up front, so count as it arrives;
+            # the route's body parsing re-raises HTTPException, which becomes a 413 problem.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise HTTPException(413, f"request body is larger than {self.max_body} bytes")
+            return message
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_limited, send_wrapper)
         finally:
             self._record(scope, status, start)
 

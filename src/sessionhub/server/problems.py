@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.errors import SessionHubError
@@ -46,6 +47,25 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
         return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database (or another backend) did not answer: a temporary condition the client
+        # may retry, not a bug. Registered per class so Starlette does not re-raise it.
+        log.warning(
+            "backend unavailable on %s %s: %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
+        response = problem(
+            503, "Unavailable", "the database is not answering right now; retry shortly"
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
+    for cls in (OperationalError, InterfaceError, DisconnectionError, OSError, TimeoutError):
+        app.add_exception_handler(cls, _unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -60,8 +60,8 @@ def _csv(values: list[str] | None) -> tuple[str, ...]:
 
 
 def _if_match(value: str | None) -> int | None:
-    if value is None:
-        return None
+    if value is None or value.strip() == "*":
+        return None  # "*" matches any current version (RFC 9110)
     raw = value.strip().removeprefix("W/").strip('"')
     if not raw.isdigit():
         raise InvalidInput('If-Match must be a session version, e.g. If-Match: "3"')
@@ -124,8 +124,11 @@ async def list_sessions(
     kinds = _csv(kind)
     if principal.is_admin and owner is None:
         topic = f"sessions:{kinds[0]}" if len(kinds) == 1 else ALL_TOPIC
+    elif principal.is_admin:
+        topic = f"user:{owner}"
     else:
-        topic = f"user:{owner or principal.sub}"
+        # A non-admin only ever sees their own sessions, so only their own topic applies.
+        topic = f"user:{principal.sub}"
     position = await hub.broker.position(topic)
     page = await hub.list_sessions(
         principal,

@@ -6,28 +6,30 @@ import asyncio
 import base64
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import and_, event, func, or_, select, text, update
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy import and_, bindparam, create_engine, event, func, or_, select, text, update
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..core.engine import Change
-from ..core.errors import DuplicateId, InvalidInput, VersionConflict
+from ..core.errors import DuplicateId, InvalidInput, Unavailable, VersionConflict
 from ..core.model import Event, Session, parse_iso
 from .base import Due, Page, SessionQuery
-from .schema import events, sessions
+from .schema import chat_messages, events, sessions
 from .sealing import Sealer
 
 log = logging.getLogger("sessionhub.store")
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 
 
 def _dumps(obj: Any) -> str:
@@ -45,6 +47,14 @@ class SqlStore:
     and one writer at a time, serialised in-process by a lock so writers queue instead of
     spinning on ``SQLITE_BUSY``. PostgreSQL uses a pool; compare-and-set on ``version``
     keeps concurrent writers (and nodes) honest.
+
+    Every operation is written once, as a plain function of a synchronous connection, and
+    run by ``_read``/``_write``. On PostgreSQL that function runs on the asyncpg connection
+    (``run_sync``). On SQLite it runs whole in one worker thread over the stdlib driver:
+    one thread hop per operation, where going through aiosqlite costs several per
+    statement (cursor, execute, fetch, close), which made SQLite changes several times
+    slower. ``engine`` (async) and ``_tx()`` stay available for features with tables of
+    their own; ``_tx()`` takes the same write lock.
     """
 
     def __init__(self, url: str, *, sealer: Sealer | None = None, pool_size: int = 10) -> None:
@@ -63,11 +73,26 @@ class SqlStore:
                 f"unsupported database URL {url!r} (use sqlite+aiosqlite:/// or postgresql+asyncpg://)"
             )
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._closed = False
+        self._sync: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        if self.is_sqlite:
+            self._sync = create_engine(
+                self.engine.url.set(drivername="sqlite+pysqlite"),
+                connect_args={"timeout": 30, "check_same_thread": False},
+                pool_size=5,
+                max_overflow=5,
+            )
+            event.listen(self._sync, "connect", _sqlite_pragmas)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._closed = False
         if self.is_sqlite:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sessionhub-sqlite-write")
+            self._readers = ThreadPoolExecutor(4, thread_name_prefix="sessionhub-sqlite-read")
             path = self.engine.url.database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -81,11 +106,20 @@ class SqlStore:
             await conn.run_sync(_upgrade)
 
     async def close(self) -> None:
+        self._closed = True
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._writer = self._readers = None
+        if self._sync is not None:
+            self._sync.dispose()
         await self.engine.dispose()
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(select(1))
+        # A disposed engine would quietly open a new pool, so a closed store must say so.
+        if self._closed:
+            raise Unavailable("the store is closed")
+        await self._read(lambda conn: conn.execute(select(1)).scalar_one())
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -95,6 +129,42 @@ class SqlStore:
         else:
             async with self._write_lock, self.engine.begin() as conn:
                 yield conn
+
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` on a connection outside any write transaction."""
+        if self._sync is None:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(fn)
+        return await self._in_thread(self._readers, self._sync_read, fn)
+
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one transaction: committed if it returns, rolled back if it raises."""
+        if self._sync is None:
+            async with self._tx() as conn:
+                return await conn.run_sync(fn)
+        assert self._write_lock is not None
+        async with self._write_lock:
+            return await self._in_thread(self._writer, self._sync_write, fn)
+
+    async def _in_thread(
+        self,
+        pool: ThreadPoolExecutor | None,
+        run: Callable[[Callable[[Connection], T]], T],
+        fn: Callable[[Connection], T],
+    ) -> T:
+        if pool is None:
+            raise Unavailable("the store is not started")
+        return await asyncio.get_running_loop().run_in_executor(pool, run, fn)
+
+    def _sync_read(self, fn: Callable[[Connection], T]) -> T:
+        assert self._sync is not None
+        with self._sync.connect() as conn:
+            return fn(conn)
+
+    def _sync_write(self, fn: Callable[[Connection], T]) -> T:
+        assert self._sync is not None
+        with self._sync.begin() as conn:
+            return fn(conn)
 
     # -- rows ----------------------------------------------------------------------------
 
@@ -166,8 +236,8 @@ class SqlStore:
             seq=m["seq"],
         )
 
-    async def _append(self, conn: AsyncConnection, e: Event) -> Event:
-        result = await conn.execute(events.insert().values(**self._event_values(e)))
+    def _append(self, conn: Connection, e: Event) -> Event:
+        result = conn.execute(_INSERT_EVENT, self._event_values(e))
         seq = result.inserted_primary_key[0] if result.inserted_primary_key else None
         return dataclasses.replace(e, seq=seq)
 
@@ -176,20 +246,24 @@ class SqlStore:
     async def insert(
         self, change: Change, *, idempotency_key: str | None = None
     ) -> tuple[Session, Event | None]:
+        _check_text(change.session, change.event, idempotency_key)
         key = f"{change.session.owner}\x1f{idempotency_key}" if idempotency_key else None
         if key is not None:
             existing = await self._by_key(key)
             if existing is not None:
                 return existing, None
+        values = self._session_values(change.session)
+        values["idempotency_key"] = key
+
+        def run(conn: Connection) -> Event:
+            try:
+                conn.execute(_INSERT_SESSION, values)
+            except IntegrityError as exc:
+                raise _Duplicate from exc
+            return self._append(conn, change.event)
+
         try:
-            async with self._tx() as conn:
-                values = self._session_values(change.session)
-                values["idempotency_key"] = key
-                try:
-                    await conn.execute(sessions.insert().values(**values))
-                except IntegrityError as exc:
-                    raise _Duplicate from exc
-                stored = await self._append(conn, change.event)
+            stored = await self._write(run)
             return change.session, stored
         except _Duplicate:
             if key is not None:
@@ -199,29 +273,25 @@ class SqlStore:
             raise DuplicateId(f"session id {change.session.id!r} already exists") from None
 
     async def _by_key(self, key: str) -> Session | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(sessions).where(sessions.c.idempotency_key == key))
-            ).first()
+        row = await self._read(lambda conn: conn.execute(_BY_KEY, {"key": key}).first())
         return self._session(row) if row else None
 
     async def save(self, change: Change) -> Event:
         assert change.before is not None
+        _check_text(change.session, change.event)
         values = self._session_values(change.session)
         del values["id"]
-        async with self._tx() as conn:
-            result = await conn.execute(
-                update(sessions)
-                .where(
-                    and_(
-                        sessions.c.id == change.session.id,
-                        sessions.c.version == change.before.version,
-                    )
-                )
-                .values(**values)
-            )
-            if result.rowcount == 1:
-                return await self._append(conn, change.event)
+        values["b_id"] = change.session.id
+        values["b_version"] = change.before.version
+
+        def run(conn: Connection) -> Event | None:
+            if conn.execute(_CAS_UPDATE, values).rowcount != 1:
+                return None  # lost the compare-and-set: nothing written
+            return self._append(conn, change.event)
+
+        stored = await self._write(run)
+        if stored is not None:
+            return stored
         current = await self.get(change.session.id)
         raise VersionConflict(
             f"session {change.session.id!r} changed concurrently (now version "
@@ -230,47 +300,73 @@ class SqlStore:
         )
 
     async def delete(self, session: Session, tombstone: Event) -> Event:
-        async with self._tx() as conn:
-            await conn.execute(events.delete().where(events.c.session_id == session.id))
-            await conn.execute(sessions.delete().where(sessions.c.id == session.id))
-            return await self._append(conn, tombstone)
+        def run(conn: Connection) -> Event:
+            conn.execute(events.delete().where(events.c.session_id == session.id))
+            conn.execute(sessions.delete().where(sessions.c.id == session.id))
+            return self._append(conn, tombstone)
+
+        return await self._write(run)
 
     async def touch(self, activity: Mapping[str, datetime]) -> int:
         if not activity:
             return 0
+        if not self.is_sqlite:
+            return await self._touch_pg(activity)
         stmt = (
             update(sessions)
             .where(and_(sessions.c.id == _bind("sid"), sessions.c.last_activity_at < _bind("ts")))
             .values(last_activity_at=_bind("ts"))
         )
         params = [{"sid": sid, "ts": ts} for sid, ts in activity.items()]
-        async with self._tx() as conn:
-            result = await conn.execute(stmt, params)
-        return max(0, result.rowcount or 0)
+        return await self._write(lambda conn: max(0, conn.execute(stmt, params).rowcount or 0))
+
+    async def _touch_pg(self, activity: Mapping[str, datetime]) -> int:
+        # One statement per chunk over unnest()ed arrays: a single round trip, and a true
+        # row count (asyncpg's executemany reports none).
+        stmt = text(
+            "UPDATE sessions AS s SET last_activity_at = v.ts "
+            "FROM unnest(CAST(:ids AS text[]), CAST(:ts AS timestamptz[])) AS v(id, ts) "
+            "WHERE s.id = v.id AND s.last_activity_at < v.ts"
+        )
+        items = [(sid, ts if ts.tzinfo else ts.replace(tzinfo=UTC)) for sid, ts in activity.items()]
+
+        def run(conn: Connection) -> int:
+            changed = 0
+            for i in range(0, len(items), 5000):
+                chunk = items[i : i + 5000]
+                result = conn.execute(
+                    stmt, {"ids": [sid for sid, _ in chunk], "ts": [ts for _, ts in chunk]}
+                )
+                changed += max(0, result.rowcount or 0)
+            return changed
+
+        return await self._write(run)
 
     async def mark_published(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
-        async with self._tx() as conn:
+
+        def run(conn: Connection) -> None:
             for i in range(0, len(seqs), 500):
                 chunk = list(seqs[i : i + 500])
-                await conn.execute(
-                    update(events).where(events.c.seq.in_(chunk)).values(published=True)
-                )
+                conn.execute(update(events).where(events.c.seq.in_(chunk)).values(published=True))
+
+        await self._write(run)
 
     # -- reads ---------------------------------------------------------------------------
 
     async def get(self, session_id: str) -> Session | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+        if _NUL in session_id:
+            return None  # cannot be stored, so cannot exist (PostgreSQL would refuse the query)
+        row = await self._read(lambda conn: conn.execute(_GET, {"sid": session_id}).first())
         return self._session(row) if row else None
 
     async def get_many(self, session_ids: Iterable[str]) -> dict[str, Session]:
-        ids = list(session_ids)
+        ids = [i for i in session_ids if _NUL not in i]
         if not ids:
             return {}
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(sessions).where(sessions.c.id.in_(ids)))).all()
+        stmt = select(sessions).where(sessions.c.id.in_(ids))
+        rows = await self._read(lambda conn: conn.execute(stmt).all())
         return {r._mapping["id"]: self._session(r) for r in rows}
 
     def _where(self, q: SessionQuery) -> list[Any]:
@@ -284,6 +380,8 @@ class SqlStore:
         return clauses
 
     async def find(self, query: SessionQuery) -> Page:
+        if _unmatchable(query):
+            return Page(items=[], next_cursor=None)
         clauses = self._where(query)
         if query.cursor:
             ts, sid = _decode_cursor(query.cursor)
@@ -301,44 +399,43 @@ class SqlStore:
         )
         if query.offset:
             stmt = stmt.offset(query.offset)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._read(lambda conn: conn.execute(stmt).all())
         items = [self._session(r) for r in rows[: query.limit]]
         nxt = _encode_cursor(items[-1]) if len(rows) > query.limit and items else None
         return Page(items=items, next_cursor=nxt)
 
     async def count(self, query: SessionQuery) -> int:
+        if _unmatchable(query):
+            return 0
         stmt = select(func.count()).select_from(sessions).where(*self._where(query))
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(stmt)).scalar_one())
+        return int(await self._read(lambda conn: conn.execute(stmt).scalar_one()))
 
     async def count_by_kind_state(self) -> dict[tuple[str, str], int]:
         stmt = select(sessions.c.kind, sessions.c.state, func.count()).group_by(
             sessions.c.kind, sessions.c.state
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._read(lambda conn: conn.execute(stmt).all())
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
     async def events(
         self, session_id: str, *, after_version: int = 0, limit: int = 100
     ) -> list[Event]:
+        if _NUL in session_id:
+            return []
         stmt = (
             select(events)
             .where(and_(events.c.session_id == session_id, events.c.version > after_version))
             .order_by(events.c.seq)
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._read(lambda conn: conn.execute(stmt).all())
         return [self._event(r) for r in rows]
 
     async def unpublished(self, limit: int = 500) -> list[Event]:
         stmt = (
             select(events).where(events.c.published.is_(False)).order_by(events.c.seq).limit(limit)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._read(lambda conn: conn.execute(stmt).all())
         return [self._event(r) for r in rows]
 
     async def due(self, due: Due) -> list[Session]:
@@ -351,8 +448,7 @@ class SqlStore:
             .order_by(column)
             .limit(due.limit)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._read(lambda conn: conn.execute(stmt).all())
         return [self._session(r) for r in rows]
 
     async def rotate_keys(self, batch: int = 500) -> int:
@@ -361,6 +457,9 @@ class SqlStore:
         for table, key, col in (
             (sessions, sessions.c.id, "metadata"),
             (events, events.c.seq, "data"),
+            # Workspace chat messages (features/workspaces.py) are sealed too.
+            (chat_messages, chat_messages.c.seq, "content"),
+            (chat_messages, chat_messages.c.seq, "metadata"),
         ):
             last: Any = None
             while True:
@@ -380,6 +479,46 @@ class SqlStore:
                 last = rows[-1][0]
                 done += len(rows)
         return done
+
+
+# Statements built once: executing them with a parameter dict reuses the compiled form,
+# where ``.values(**literals)`` per call would rebuild and re-key the statement each time.
+_INSERT_SESSION = sessions.insert()
+_INSERT_EVENT = events.insert()
+_GET = select(sessions).where(sessions.c.id == bindparam("sid"))
+_BY_KEY = select(sessions).where(sessions.c.idempotency_key == bindparam("key"))
+_CAS_UPDATE = (
+    update(sessions)
+    .where(and_(sessions.c.id == bindparam("b_id"), sessions.c.version == bindparam("b_version")))
+    .values(
+        {c.name: bindparam(c.name) for c in sessions.c if c.name not in ("id", "idempotency_key")}
+    )
+)
+
+
+_NUL = "\x00"
+
+
+def _unmatchable(q: SessionQuery) -> bool:
+    """A filter with a NUL character matches nothing (no stored text can contain one)."""
+    return any(_NUL in v for v in (*q.kinds, *q.states, q.owner or ""))
+
+
+def _check_text(session: Session, event: Event, key: str | None = None) -> None:
+    # PostgreSQL text cannot hold NUL characters; refuse them on every backend alike, as a
+    # clear 422 instead of a database error. (JSON columns are escaped by the encoder.)
+    for name, value in (
+        ("session id", session.id),
+        ("kind", session.kind),
+        ("owner", session.owner),
+        ("state", session.state),
+        ("end reason", session.end_reason),
+        ("detail", session.end_detail),
+        ("actor", event.actor),
+        ("Idempotency-Key", key),
+    ):
+        if value is not None and _NUL in value:
+            raise InvalidInput(f"{name} must not contain NUL characters")
 
 
 def _bind(name: str) -> Any:

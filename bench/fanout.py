@@ -1,0 +1,520 @@
+"""Fan-out benchmark: one publisher, N subscribers, ~300-byte messages.
+
+Compares, in the same run and on the same machine, sessionhub's realtime endpoint (as
+``sessionhub serve`` runs it: uvicorn + the fast engine, the Centrifugo JSON protocol)
+with a raw ``websockets`` broadcast server and a Node ``ws`` broadcast server. For each
+server and N in (100, 1000):
+
+* delivered messages per second: the publisher sends M messages as fast as the server takes
+  them; delivered/s = messages received by all subscribers / (last receipt - first send);
+* p50/p90 publish-to-receive latency at a fixed offered load (10,000 deliveries/s, i.e.
+  10,000/N messages per second), from a CLOCK_MONOTONIC stamp in each message;
+* server CPU (share of one core) during the throughput phase, and the load generator's CPU,
+  to show the subscribers' processes are not the bottleneck;
+* server RSS per idle connection (N = 1000 connected and subscribed, idle).
+
+Subscribers live in separate processes (asyncio + uvloop, a minimal WebSocket client that
+counts message markers in the byte stream). Usage: ``python bench/fanout.py [--quick]``.
+Needs ``node`` and ``npm install`` (package.json: ``ws``) for the Node column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import multiprocessing as mp
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "bench-secret-0123456789abcdef0123456789"
+MARK = b'"bm":'
+STAMP = re.compile(rb'"bm":(\d+),"t":(\d+)')
+PAD = "x" * 240  # brings a message to ~300 bytes
+
+NODE_SERVER = r"""
+const { WebSocketServer } = require('ws');
+const port = Number(process.argv[2]);
+const wss = new WebSocketServer({ host: '127.0.0.1', port, perMessageDeflate: false, backlog: 4096 });
+wss.on('connection', (ws, req) => {
+  if (req.url.startsWith('/pub')) {
+    ws.on('message', (data) => {
+      for (const c of wss.clients) if (c !== ws && c.readyState === 1) c.send(data, { binary: false });
+    });
+  }
+});
+wss.on('listening', () => console.log('ready'));
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def message(seq: int) -> dict[str, Any]:
+    return {"bm": seq, "t": time.monotonic_ns(), "pad": PAD}
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+def serve_sessionhub(port: int, data_dir: str) -> None:
+    import uvicorn
+
+    from sessionhub.server.app import create_app
+    from sessionhub.server.realtime import uvicorn_ws_protocol
+    from sessionhub.server.runtime import build_runtime
+    from sessionhub.settings import Settings
+
+    settings = Settings(
+        data_dir=Path(data_dir), jwt_secret=SECRET, ping_interval=3600.0, log_level="warning"
+    )
+    settings.extra["realtime_publish_topics"] = ["bench"]
+    # The throughput phase offers more than the subscribers' processes read; like the peers
+    # (which never cut anyone off) let queues grow instead of dropping slow readers (3008).
+    settings.extra["realtime_queue_bytes"] = 1 << 30
+    runtime = build_runtime(settings)
+    app = create_app(settings, runtime=runtime)
+    # The same uvicorn configuration as `sessionhub serve` (cli.cmd_serve).
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        ws_ping_interval=None,
+        lifespan="on",
+        backlog=4096,
+        ws=uvicorn_ws_protocol(app),
+    )
+    print("ready", flush=True)
+    uvicorn.Server(config).run()
+
+
+def serve_websockets(port: int) -> None:
+    import logging
+
+    import uvloop
+
+    # Subscribers are cut off at the end of a run; their "no close frame" is noise here.
+    logging.disable(logging.CRITICAL)
+    from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+    clients: set[ServerConnection] = set()
+
+    async def handler(ws: ServerConnection) -> None:
+        if ws.request is not None and ws.request.path.startswith("/pub"):
+            async for msg in ws:
+                broadcast(clients, msg)
+            return
+        clients.add(ws)
+        try:
+            await ws.wait_closed()
+        finally:
+            clients.discard(ws)
+
+    async def main() -> None:
+        async with serve(
+            handler,
+            "127.0.0.1",
+            port,
+            compression=None,
+            ping_interval=None,
+            max_size=None,
+            backlog=4096,
+        ):
+            print("ready", flush=True)
+            await asyncio.Future()
+
+    uvloop.run(main())
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    sub_path: str
+    pub_path: str
+    centrifuge: bool
+    tmp: str | None = None
+
+    @property
+    def ps(self) -> psutil.Process:
+        return psutil.Process(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def start_server(name: str) -> Server | None:
+    port = free_port()
+    tmp = None
+    if name == "sessionhub":
+        tmp = tempfile.mkdtemp(prefix="bench-sh-")
+        cmd = [sys.executable, __file__, "_serve", "sessionhub", str(port), tmp]
+        sub = pub = "/connection/websocket"
+    elif name == "websockets":
+        cmd = [sys.executable, __file__, "_serve", "websockets", str(port)]
+        sub, pub = "/sub", "/pub"
+    else:
+        node = shutil.which("node")
+        if node is None or not (ROOT / "node_modules" / "ws").exists():
+            print("node or node_modules/ws missing: skipping the Node column", file=sys.stderr)
+            return None
+        tmp = tempfile.mkdtemp(prefix="bench-node-")
+        script = Path(tmp) / "server.js"
+        script.write_text(NODE_SERVER)
+        cmd = [node, str(script), str(port)]
+        sub, pub = "/sub", "/pub"
+    env = {**os.environ, "NODE_PATH": str(ROOT / "node_modules")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if b"ready" not in line:
+        raise RuntimeError(f"{name} server did not start: {line!r}")
+    # Wait for the port to accept.
+    for _ in range(200):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            break
+        time.sleep(0.05)
+    return Server(name, proc, port, sub, pub, name == "sessionhub", tmp)
+
+
+def admin_token() -> str:
+    from sessionhub.auth import Authenticator
+
+    return Authenticator(secret=SECRET).issue("bench", ["admin"])
+
+
+# -- a minimal WebSocket client (load generator) ---------------------------------------------
+
+
+def client_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
+    from websockets.speedups import apply_mask
+
+    return head + mask + bytes(apply_mask(payload, mask))
+
+
+def handshake(port: int, path: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+class Sub(asyncio.Protocol):
+    """Counts messages by their marker; in latency mode also reads their stamps."""
+
+    def __init__(self, stats: Stats, hello: bytes) -> None:
+        self.stats = stats
+        self.hello = hello
+        self.open = False
+        self.ready = False
+        self.tail = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        st = self.stats
+        if not self.ready:
+            if not self.open:
+                if b"\r\n\r\n" not in data:
+                    return
+                self.open = True
+                if self.hello and self.transport is not None:
+                    self.transport.write(self.hello)
+                else:
+                    self.ready = True
+                    st.ready += 1
+            if not self.ready and b'"subscribe":{' in data:
+                self.ready = True
+                st.ready += 1
+            return
+        buf = self.tail + data
+        st.count += buf.count(MARK)
+        st.last_ns = time.monotonic_ns()
+        if st.latency:
+            now = st.last_ns
+            end = 0
+            for m in STAMP.finditer(buf):
+                st.samples.append(now - int(m.group(2)))
+                end = m.end()
+            self.tail = buf[max(end, len(buf) - 64) :] if end < len(buf) else b""
+            # The marker count above would double count a marker kept in the tail.
+            st.count -= self.tail.count(MARK)
+        else:
+            self.tail = buf[-(len(MARK) - 1) :]
+
+
+@dataclass
+class Stats:
+    count: int = 0
+    ready: int = 0
+    last_ns: int = 0
+    latency: bool = False
+    samples: list[int] = field(default_factory=list)
+
+
+def subscriber_process(conn: Any, port: int, path: str, n: int, hello: bytes) -> None:
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        st = Stats()
+        transports = []
+        for i in range(n):
+            t, _ = await loop.create_connection(lambda: Sub(st, hello), "127.0.0.1", port)
+            t.write(handshake(port, path))
+            transports.append(t)
+            if i % 50 == 49:
+                await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 30
+        while st.ready < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        conn.send(("ready", st.ready))
+        while True:
+            cmd = await loop.run_in_executor(None, conn.recv)
+            if cmd[0] == "measure":
+                _, expected, limit, latency = cmd
+                st.count, st.last_ns, st.samples, st.latency = 0, 0, [], latency
+                cpu0 = time.process_time()
+                end = time.monotonic() + limit
+                while st.count < expected and time.monotonic() < end:
+                    await asyncio.sleep(0.005)
+                conn.send((st.count, st.last_ns, time.process_time() - cpu0, st.samples))
+            elif cmd[0] == "close":
+                for t in transports:
+                    t.abort()
+                conn.send("closed")
+                return
+
+    uvloop.run(main())
+
+
+def publisher_process(
+    port: int, path: str, hello: bytes, count: int, rate: float, out: Any
+) -> None:
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        opened = asyncio.Event()
+
+        class Pub(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                opened.set()  # replies are read and dropped
+
+        t, _ = await loop.create_connection(Pub, "127.0.0.1", port)
+        t.write(handshake(port, path))
+        await asyncio.wait_for(opened.wait(), 10)
+        if hello:
+            opened.clear()
+            t.write(hello)
+            await asyncio.wait_for(opened.wait(), 10)
+        centrifuge = bool(hello)
+        start = time.monotonic_ns()
+        cpu0 = time.process_time()
+        for seq in range(count):
+            if rate:
+                due = start + int(seq * 1e9 / rate)
+                delay = (due - time.monotonic_ns()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            msg = message(seq)
+            if centrifuge:
+                payload = orjson.dumps(
+                    {"id": seq + 2, "publish": {"channel": "bench", "data": msg}}
+                )
+            else:
+                payload = orjson.dumps(msg)
+            t.write(client_frame(payload))
+            if not rate and seq % 200 == 199:
+                await asyncio.sleep(0)
+        out.put((start, time.process_time() - cpu0))
+        await asyncio.sleep(1.0)
+        t.abort()
+
+    uvloop.run(main())
+
+
+# -- the runs --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    server: str
+    n: int
+    delivered: float = 0.0
+    lost: int = 0
+    server_cpu: float = 0.0
+    loadgen_cpu: float = 0.0
+    p50: float = 0.0
+    p90: float = 0.0
+    rss_per_conn: float | None = None
+
+
+def pct(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] / 1e6
+
+
+def run_server(name: str, ns: list[int], msgs: dict[int, int], lat_seconds: float) -> list[Row]:
+    server = start_server(name)
+    if server is None:
+        return []
+    rows = []
+    try:
+        hello = b""
+        if server.centrifuge:
+            tok = admin_token()
+            hello = client_frame(orjson.dumps({"id": 1, "connect": {"token": tok}})) + client_frame(
+                orjson.dumps({"id": 2, "subscribe": {"channel": "bench"}})
+            )
+        ctx = mp.get_context("spawn")
+        for n in ns:
+            row = Row(name, n)
+            procs = 2 if n <= 100 else 4
+            per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+            time.sleep(0.5)
+            rss0 = server.ps.memory_info().rss
+            pipes, workers = [], []
+            for k in per:
+                a, b = ctx.Pipe()
+                p = ctx.Process(target=subscriber_process, args=(b, server.port, server.sub_path, k, hello))
+                p.start()
+                pipes.append(a)
+                workers.append(p)
+            ready = sum(a.recv()[1] for a in pipes)
+            assert ready == n, f"{name}: only {ready}/{n} subscribers ready"
+            time.sleep(1.0)
+            if n == max(ns):
+                row.rss_per_conn = (server.ps.memory_info().rss - rss0) / n / 1024
+            pub_hello = b""
+            if server.centrifuge:
+                pub_hello = client_frame(orjson.dumps({"id": 1, "connect": {"token": admin_token()}}))
+
+            def phase(count: int, rate: float, latency: bool, limit: float) -> tuple[list[Any], int, float]:
+                q = ctx.Queue()
+                for a, k in zip(pipes, per, strict=True):
+                    a.send(("measure", count * k, limit, latency))
+                cpu0 = sum(server.ps.cpu_times()[:2])
+                w0 = time.monotonic()
+                pub = ctx.Process(
+                    target=publisher_process, args=(server.port, server.pub_path, pub_hello, count, rate, q)
+                )
+                pub.start()
+                start, _pub_cpu = q.get(timeout=120)
+                results = [a.recv() for a in pipes]
+                cpu = sum(server.ps.cpu_times()[:2]) - cpu0
+                wall = time.monotonic() - w0
+                pub.join(10)
+                return results, start, cpu / wall
+
+            m = msgs[n]
+            results, start, srv_cpu = phase(m, 0.0, False, 60.0)
+            total = sum(r[0] for r in results)
+            last = max(r[1] for r in results)
+            elapsed = (last - start) / 1e9
+            row.delivered = total / elapsed if elapsed > 0 else 0.0
+            row.lost = m * n - total
+            row.server_cpu = srv_cpu
+            row.loadgen_cpu = sum(r[2] for r in results) / elapsed
+            rate = 10_000 / n
+            lat_count = int(rate * lat_seconds)
+            results, _, _ = phase(lat_count, rate, True, lat_seconds + 10)
+            samples = [s for r in results for s in r[3]]
+            row.p50, row.p90 = pct(samples, 0.5), pct(samples, 0.9)
+            for a in pipes:
+                a.send(("close",))
+                a.recv()
+            for p in workers:
+                p.join(10)
+            rows.append(row)
+            print(
+                f"  {name:10} N={n:<5} delivered/s={row.delivered:>11,.0f} lost={row.lost} "
+                f"p50={row.p50:.2f}ms p90={row.p90:.2f}ms",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        server.stop()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
+    ap.add_argument("--servers", default="sessionhub,websockets,node")
+    args = ap.parse_args()
+    ns = [100, 1000]
+    msgs = {100: 3000, 1000: 400} if args.quick else {100: 10000, 1000: 1500}
+    lat_seconds = 2.0 if args.quick else 5.0
+    rows: list[Row] = []
+    for name in args.servers.split(","):
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        rows += run_server(name, ns, msgs, lat_seconds)
+    node = {r.n: r for r in rows if r.server == "node"}
+    print()
+    print(f"fan-out, ~300-byte messages, {os.cpu_count()} cores; latency at 10,000 deliveries/s offered")
+    print(
+        "| server | N | delivered msg/s | × Node ws | lost | server CPU | load-gen CPU "
+        "| p50 ms | × Node p50 | p90 ms | RSS/idle conn |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ref = node.get(r.n)
+        ratio = f"{r.delivered / ref.delivered:.2f}" if ref and ref.delivered else "-"
+        pratio = f"{r.p50 / ref.p50:.2f}" if ref and ref.p50 else "-"
+        rss = f"{r.rss_per_conn:.1f} KiB" if r.rss_per_conn is not None else ""
+        print(
+            f"| {r.server} | {r.n} | {r.delivered:,.0f} | {ratio} | {r.lost} | {r.server_cpu:.0%} "
+            f"| {r.loadgen_cpu:.0%} | {r.p50:.2f} | {pratio} | {r.p90:.2f} | {rss} |"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "_serve":
+        if sys.argv[2] == "sessionhub":
+            serve_sessionhub(int(sys.argv[3]), sys.argv[4])
+        else:
+            serve_websockets(int(sys.argv[3]))
+    else:
+        main()

@@ -1,0 +1,346 @@
+"""Notifications: what kinds say about their events, stored per user, pushed live, sent out.
+
+A kind turns an event into notifications with ``Kind.notifications(event, before)`` (pure,
+``[{"event": name, "data": {...}}]``). The ``Notifier`` listens to the hub: the listener only
+asks the kind and queues the result, and one worker task then
+
+1. stores each notification in the ``notifications`` table, once per recipient, with an id
+   derived from (event id, index, recipient): storing is an insert-if-absent, so an event
+   republished from the outbox after a crash never duplicates a notification;
+2. in the same transaction enqueues the webhook deliveries (``features/webhooks.py``);
+3. after the commit, publishes each *new* notification ``{"id", "event", "data"}`` on the
+   broker topic ``notifications:<user>`` (and ``admin:notifications`` for those addressed to
+   admins), then wakes the webhook worker.
+
+Recipients: the session's owner; a kind may add ``"notify_admins": true`` to a notification
+(``remote_session_approval_needed`` does) to address every admin too. Admin notifications
+are stored once under the reserved recipient ``@admins`` and pushed on the topic
+``admin:notifications``, which only admins may subscribe to (an unknown topic prefix is
+admins-only in ``core.topics``), so no user name can collide with it.
+
+Nothing is lost across a crash: when the worker starts it re-derives notifications from the
+events table for events newer than the newest stored notification (minus a margin, and at
+most ``catchup`` old) and inserts whatever is missing, which covers events committed whose
+notification was not yet written when the process died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..core.engine import Change
+from ..core.errors import Forbidden, InvalidInput
+from ..core.kind import Kind
+from ..core.model import JSON, Event, iso
+from ..core.principal import Principal
+from ..hub import Hub
+from ..kinds.remote_access import NOTIFY_ADMINS
+from ..store.schema import events, notifications, webhook_deliveries
+from ..store.sql import SqlStore
+from .webhooks import WebhookConfig, WebhookDispatcher
+
+log = logging.getLogger("sessionhub.notifications")
+
+#: The stored recipient of notifications addressed to every admin.
+ADMINS = "@admins"
+#: The topic on which notifications for admins are pushed.
+ADMIN_TOPIC = "admin:notifications"
+#: How far before the newest stored notification the start-up catch-up looks.
+CATCHUP_MARGIN = timedelta(minutes=5)
+
+
+def user_topic(user: str) -> str:
+    """The topic on which ``user``'s notifications are pushed."""
+    return ADMIN_TOPIC if user == ADMINS else f"notifications:{user}"
+
+
+def notification_id(event_id: str, index: int, recipient: str) -> str:
+    """Deterministic, so storing the same event's notifications twice is a no-op."""
+    raw = f"{event_id}\x1f{index}\x1f{recipient}".encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+async def _insert_if_absent(conn: AsyncConnection, table: Table, values: JSON) -> bool:
+    """INSERT ... ON CONFLICT (id) DO NOTHING; True if the row is new."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(table).values(**values).on_conflict_do_nothing(index_elements=["id"])
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=["id"])
+    result = await conn.execute(stmt)
+    return bool(result.rowcount == 1)
+
+
+def _has_notifications(kind: Kind) -> bool:
+    return type(kind).notifications is not Kind.notifications
+
+
+class Notifier:
+    """Stores, lists and pushes notifications; feeds the webhook outbox."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        webhooks: WebhookDispatcher | None = None,
+        catchup: timedelta = timedelta(hours=24),
+    ) -> None:
+        store = hub.store
+        if not isinstance(store, SqlStore):
+            raise TypeError("notifications need the SQL store")
+        self.hub = hub
+        self.store = store
+        self.engine: AsyncEngine = store.engine
+        self.webhooks = webhooks
+        self.catchup = catchup
+        self._queue: asyncio.Queue[tuple[Event, list[JSON]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.stored = 0
+
+    @classmethod
+    def with_webhooks(
+        cls, hub: Hub, config: WebhookConfig, *, catchup: timedelta = timedelta(hours=24)
+    ) -> Notifier:
+        """A notifier feeding a webhook dispatcher (``notifier.webhooks``) on the same store."""
+        notifier = cls(hub, catchup=catchup)
+        notifier.webhooks = WebhookDispatcher(notifier.engine, config, clock=hub.clock)
+        return notifier
+
+    def install(self) -> None:
+        self.hub.add_listener(self._on_event)
+
+    # -- producing --------------------------------------------------------------------
+
+    def _on_event(self, event: Event, change: Change | None) -> None:
+        kind = self.hub.kinds.get(event.kind)
+        if kind is None:
+            return
+        notes = kind.notifications(event, change.before if change is not None else None)
+        if notes:
+            self._queue.put_nowait((event, notes))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sessionhub-notifications")
+
+    async def close(self) -> None:
+        await self.drain(limit=5.0)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def drain(self, limit: float = 5.0) -> None:
+        """Wait (bounded) until every queued event's notifications are stored."""
+        if self._task is None or self._task.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), limit)
+
+    async def _run(self) -> None:
+        try:
+            await self.catch_up()
+        except Exception:
+            log.exception("notification catch-up failed")
+        while True:
+            event, notes = await self._queue.get()
+            try:
+                for attempt in range(3):
+                    try:
+                        await self.store_and_push(event, notes)
+                        break
+                    except Exception:
+                        # Kept for the next start's catch-up if this keeps failing.
+                        log.exception("storing notifications of %s failed", event.id)
+                        await asyncio.sleep(0.1 * (attempt + 1))
+            finally:
+                self._queue.task_done()
+
+    async def store_and_push(self, event: Event, notes: Sequence[JSON]) -> int:
+        """Store the notifications of one event (idempotent) and push the new ones."""
+        fresh: list[tuple[str, bytes]] = []
+        enqueued = False
+        now = self.hub.clock()
+        async with self.engine.begin() as conn:
+            for i, note in enumerate(notes):
+                recipients = [event.owner]
+                if note.get(NOTIFY_ADMINS):
+                    recipients.append(ADMINS)
+                for user in recipients:
+                    nid = notification_id(event.id, i, user)
+                    row = {
+                        "id": nid,
+                        "user_id": user,
+                        "event": note["event"],
+                        "session_id": event.session_id,
+                        "data": orjson.dumps(note["data"]).decode(),
+                        "created_at": event.at,
+                    }
+                    if await _insert_if_absent(conn, notifications, row):
+                        pushed = {"id": nid, "event": note["event"], "data": note["data"]}
+                        fresh.append((user_topic(user), orjson.dumps(pushed)))
+                if self.webhooks is not None and self.webhooks.enabled:
+                    primary = notification_id(event.id, i, event.owner)
+                    for values in self.webhooks.rows_for(primary, note, now):
+                        enqueued |= await _insert_if_absent(conn, webhook_deliveries, values)
+        for topic, frame in fresh:
+            await self.hub.broker.publish([topic], frame)
+        self.stored += len(fresh)
+        if enqueued and self.webhooks is not None:
+            self.webhooks.wake()
+        return len(fresh)
+
+    async def catch_up(self) -> int:
+        """Store notifications of recent events that have none (after a crash)."""
+        kinds = {n: k for n, k in self.hub.kinds.items() if _has_notifications(k)}
+        if not kinds:
+            return 0
+        cutoff = self.hub.clock() - self.catchup
+        async with self.engine.connect() as conn:
+            newest = (await conn.execute(select(func.max(notifications.c.created_at)))).scalar()
+        if isinstance(newest, datetime):
+            cutoff = max(cutoff, _aware(newest) - CATCHUP_MARGIN)
+        last_seq = 0
+        added = 0
+        for _ in range(10_000):  # bounded: 5,000,000 events
+            stmt = (
+                select(events)
+                .where(
+                    and_(
+                        events.c.kind.in_(list(kinds)),
+                        events.c.at >= cutoff,
+                        events.c.seq > last_seq,
+                    )
+                )
+                .order_by(events.c.seq)
+                .limit(500)
+            )
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(stmt)).all()
+            if not rows:
+                break
+            for r in rows:
+                m = r._mapping
+                ev = Event(
+                    id=m["id"],
+                    type=m["type"],
+                    session_id=m["session_id"],
+                    kind=m["kind"],
+                    owner=m["owner"],
+                    actor=m["actor"],
+                    at=m["at"],
+                    version=m["version"],
+                    data=orjson.loads(self.store.sealer.open(m["data"])),
+                    seq=m["seq"],
+                )
+                notes = kinds[ev.kind].notifications(ev, None)
+                if notes:
+                    added += await self.store_and_push(ev, notes)
+            last_seq = rows[-1]._mapping["seq"]
+        if added:
+            log.info("catch-up stored %d missing notifications", added)
+        return added
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _recipients(self, principal: Principal, user: str | None) -> list[str]:
+        if user is None:
+            if principal.is_admin:
+                return [principal.sub, ADMINS]
+            return [] if principal.sub == ADMINS else [principal.sub]
+        if not principal.is_admin and (user != principal.sub or user == ADMINS):
+            raise Forbidden("only admins may read another user's notifications")
+        return [user]
+
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        user: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        unread: bool = False,
+    ) -> JSON:
+        """Newest first: ``{"notifications", "total", "unread", "next_cursor"}``."""
+        await self.drain()
+        users = self._recipients(principal, user)
+        where: list[Any] = [notifications.c.user_id.in_(users)]
+        if unread:
+            where.append(notifications.c.read_at.is_(None))
+        page_where = list(where)
+        if cursor:
+            if not cursor.isdigit():
+                raise InvalidInput("invalid cursor")
+            page_where.append(notifications.c.seq < int(cursor))
+        stmt = (
+            select(notifications)
+            .where(and_(*page_where))
+            .order_by(notifications.c.seq.desc())
+            .limit(limit + 1)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+            total = (
+                await conn.execute(select(func.count()).select_from(notifications).where(*where))
+            ).scalar_one()
+            unread_count = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(notifications)
+                    .where(notifications.c.user_id.in_(users), notifications.c.read_at.is_(None))
+                )
+            ).scalar_one()
+        items = [self._item(r._mapping) for r in rows[:limit]]
+        more = len(rows) > limit
+        return {
+            "notifications": items,
+            "total": int(total),
+            "unread": int(unread_count),
+            "next_cursor": str(rows[limit - 1]._mapping["seq"]) if more else None,
+        }
+
+    @staticmethod
+    def _item(m: Any) -> JSON:
+        return {
+            "id": m["id"],
+            "event": m["event"],
+            "data": orjson.loads(m["data"]),
+            "user_id": m["user_id"],
+            "session_id": m["session_id"],
+            "created_at": iso(m["created_at"]),
+            "read": m["read_at"] is not None,
+        }
+
+    async def mark_read(
+        self, principal: Principal, *, ids: Sequence[str] | None = None, everything: bool = False
+    ) -> int:
+        """Mark the caller's notifications read (admins: also the ``@admins`` ones)."""
+        await self.drain()
+        if not everything and not ids:
+            raise InvalidInput("send ids or all: true")
+        users = self._recipients(principal, None)
+        where: list[Any] = [notifications.c.user_id.in_(users), notifications.c.read_at.is_(None)]
+        if not everything:
+            where.append(notifications.c.id.in_(list(ids or ())))
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(notifications).where(and_(*where)).values(read_at=self.hub.clock())
+            )
+        return max(0, result.rowcount or 0)
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)

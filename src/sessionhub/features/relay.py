@@ -1,0 +1,392 @@
+"""The screen-share frame relay: one sharer, many viewers, newest frame wins.
+
+Per ``screen_share`` session there is one room. The sharer (the session's owner) sends
+binary frames; each admitted viewer has a **one-frame slot**, not a queue: a new frame
+replaces whatever the viewer has not been sent yet, so a slow viewer is always sent the
+newest frame and skips the rest, and never holds memory or slows the sharer or the other
+viewers. A viewer that joins is sent the newest frame at once.
+
+Who may view: the owner, admins, and the users listed in the session's ``viewers``
+attribute (the owner admits them when starting the share or later, see
+``POST /api/screen_share/{id}/viewers``). Removing a user from ``viewers`` disconnects them.
+
+``frames_captured`` counts frames received from the sharer. Frames are counted in memory
+and flushed to the session's counter every ``flush_interval`` seconds, when the share stops
+(``flush`` before the stop) and at shutdown: one database write per interval, not per frame.
+Frames also keep the session alive (a heartbeat at most once per ``heartbeat_interval``).
+
+The relay is transport-free: ``server/stream_relay.py`` pumps a WebSocket into it. Close
+codes it asks the transport to use are in ``CLOSE_CODES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..core.engine import Change
+from ..core.errors import (
+    Forbidden,
+    IllegalTransition,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    SessionHubError,
+    VersionConflict,
+)
+from ..core.model import JSON, STATE_CHANGED, UPDATED, Event, Session
+from ..core.principal import SYSTEM_PRINCIPAL, Principal
+from ..hub import Hub
+from ..kinds.screen_share import QUALITY
+
+log = logging.getLogger("sessionhub.relay")
+
+KIND = "screen_share"
+
+#: Close codes of ``/stream/{id}``: whether a client should reconnect is in the comment.
+CLOSE_ENDED = 1000  # the share stopped or was dropped: final
+CLOSE_REPLACED = 4000  # a newer sharer connection took over: final for this connection
+CLOSE_BAD_REQUEST = 4400  # bad role or parameters: final
+CLOSE_UNAUTHENTICATED = 4401  # no or invalid token: final until a new token
+CLOSE_FORBIDDEN = 4403  # not the owner (sharer) / not admitted (viewer): final
+CLOSE_NOT_FOUND = 4404  # no such screen share: final
+CLOSE_NOT_ACTIVE = 4409  # the share is not active (ended): final
+CLOSE_CODES = {
+    CLOSE_ENDED: "session ended",
+    CLOSE_REPLACED: "replaced by a newer sharer connection",
+    CLOSE_BAD_REQUEST: "bad request",
+    CLOSE_UNAUTHENTICATED: "unauthenticated",
+    CLOSE_FORBIDDEN: "forbidden",
+    CLOSE_NOT_FOUND: "not found",
+    CLOSE_NOT_ACTIVE: "session not active",
+}
+
+
+class Replaced(SessionHubError):
+    """A newer sharer connection of the same share joined first."""
+
+    status = 409
+    title = "Replaced"
+
+
+def close_code_for(exc: SessionHubError) -> int:
+    """The close code for an error raised while joining."""
+    if isinstance(exc, Replaced):
+        return CLOSE_REPLACED
+    if isinstance(exc, NotFound):
+        return CLOSE_NOT_FOUND
+    if isinstance(exc, Forbidden):
+        return CLOSE_FORBIDDEN
+    if isinstance(exc, IllegalTransition):
+        return CLOSE_NOT_ACTIVE
+    if exc.status == 401:
+        return CLOSE_UNAUTHENTICATED
+    return CLOSE_BAD_REQUEST
+
+
+class Participant:
+    """One connection in a room; ``closed`` is set when the relay wants it gone."""
+
+    def __init__(self, principal: Principal, role: str, ticket: int = 0) -> None:
+        self.principal = principal
+        self.role = role
+        #: Arrival order of the connection: among sharers, the newest wins.
+        self.ticket = ticket
+        self.closed = asyncio.Event()
+        self.close_code = CLOSE_ENDED
+        self.close_reason = ""
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closed.is_set():
+            self.close_code = code
+            self.close_reason = reason
+            self.closed.set()
+
+
+class Viewer(Participant):
+    """A viewer with a one-frame slot: ``offer`` replaces, ``next_frame`` takes."""
+
+    def __init__(self, principal: Principal) -> None:
+        super().__init__(principal, "viewer")
+        self._slot: bytes | None = None
+        self._ready = asyncio.Event()
+        self.offered = 0
+        self.skipped = 0
+        self.taken = 0
+
+    def offer(self, frame: bytes) -> None:
+        if self._slot is not None:
+            self.skipped += 1  # the previous frame was never sent: the viewer is behind
+        self._slot = frame
+        self.offered += 1
+        self._ready.set()
+
+    def close(self, code: int, reason: str) -> None:
+        super().close(code, reason)
+        self._ready.set()  # wake ``next_frame`` so the sender ends
+
+    async def next_frame(self) -> bytes | None:
+        """The newest frame not yet taken (waits for one); None once the viewer is closed."""
+        while self._slot is None and not self.closed.is_set():
+            self._ready.clear()
+            await self._ready.wait()
+        if self.closed.is_set():
+            return None
+        frame, self._slot = self._slot, None
+        self.taken += 1
+        return frame
+
+
+@dataclass
+class Room:
+    session_id: str
+    owner: str
+    admitted: frozenset[str]
+    sharer: Participant | None = None
+    viewers: set[Viewer] = field(default_factory=set)
+    last_frame: bytes | None = None
+    last_heartbeat: float = 0.0
+    quality: str = "medium"
+
+    def describe(self, role: str) -> JSON:
+        """The text message a connection receives once it has joined."""
+        width, height, fps = QUALITY.get(self.quality, QUALITY["medium"])
+        return {
+            "type": "ready",
+            "role": role,
+            "session_id": self.session_id,
+            "quality": self.quality,
+            "width": width,
+            "height": height,
+            "fps": fps,
+        }
+
+    def may_view(self, principal: Principal) -> bool:
+        return principal.is_admin or principal.sub == self.owner or principal.sub in self.admitted
+
+    def close_all(self, code: int, reason: str) -> None:
+        if self.sharer is not None:
+            self.sharer.close(code, reason)
+        for v in self.viewers:
+            v.close(code, reason)
+
+
+def _admitted(session: Session) -> frozenset[str]:
+    value = session.attributes.get("viewers")
+    return (
+        frozenset(v for v in value if isinstance(v, str))
+        if isinstance(value, list)
+        else frozenset()
+    )
+
+
+class FrameRelay:
+    """Rooms of screen shares on this node, and the ``frames_captured`` counting."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        flush_interval: float = 2.0,
+        heartbeat_interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.hub = hub
+        self.flush_interval = flush_interval
+        self.heartbeat_interval = heartbeat_interval
+        self._monotonic = monotonic
+        self.rooms: dict[str, Room] = {}
+        self._tickets = 0
+        self._unflushed: dict[str, int] = {}
+        self.frames_received = 0
+        self.flushes = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def install(self) -> None:
+        self.hub.add_listener(self._on_event)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_loop(), name="sessionhub-relay-flush")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for room in list(self.rooms.values()):
+            room.close_all(CLOSE_ENDED, "server shutting down")
+        await self.flush()
+
+    # -- joining ------------------------------------------------------------------------
+
+    async def _load(self, session_id: str) -> Session:
+        # Read as the system: admitted viewers may not read the session itself, and the
+        # callers check who may send or view.
+        s = await self.hub.get(SYSTEM_PRINCIPAL, session_id)
+        if s.kind != KIND:
+            raise NotFound(f"no screen share {session_id!r}")
+        if s.state != "active":
+            raise IllegalTransition(f"screen share {session_id!r} is {s.state!r}, not active")
+        return s
+
+    def _room(self, s: Session) -> Room:
+        room = self.rooms.get(s.id)
+        if room is None:
+            quality = str(s.attributes.get("quality") or "medium")
+            room = self.rooms[s.id] = Room(s.id, s.owner, _admitted(s), quality=quality)
+        return room
+
+    def ticket(self) -> int:
+        """A number giving a connection's arrival order; take it before any await."""
+        self._tickets += 1
+        return self._tickets
+
+    async def join_sharer(
+        self, principal: Principal, session_id: str, *, ticket: int | None = None
+    ) -> tuple[Room, Participant]:
+        """The owner starts sending; an earlier sharer connection is replaced.
+
+        "Earlier" is by ``ticket`` (arrival), not by who finishes loading the session first,
+        so two connections racing through the load cannot leave the older one in charge."""
+        ticket = self.ticket() if ticket is None else ticket
+        s = await self._load(session_id)
+        if principal.sub != s.owner:
+            raise Forbidden("only the owner of a screen share may send its frames")
+        room = self._room(s)
+        if room.sharer is not None:
+            if room.sharer.ticket > ticket:
+                raise Replaced("a newer sharer connection of this share is already sending")
+            room.sharer.close(CLOSE_REPLACED, CLOSE_CODES[CLOSE_REPLACED])
+        room.sharer = Participant(principal, "sharer", ticket)
+        return room, room.sharer
+
+    async def join_viewer(self, principal: Principal, session_id: str) -> tuple[Room, Viewer]:
+        s = await self._load(session_id)
+        room = self._room(s)
+        room.admitted = _admitted(s)
+        if not room.may_view(principal):
+            raise Forbidden("you are not admitted to this screen share; ask its owner")
+        viewer = Viewer(principal)
+        room.viewers.add(viewer)
+        if room.last_frame is not None:
+            viewer.offer(room.last_frame)
+        return room, viewer
+
+    def leave(self, room: Room, participant: Participant) -> None:
+        if room.sharer is participant:
+            room.sharer = None
+        if isinstance(participant, Viewer):
+            room.viewers.discard(participant)
+        if room.sharer is None and not room.viewers and self.rooms.get(room.session_id) is room:
+            del self.rooms[room.session_id]
+
+    # -- frames -------------------------------------------------------------------------
+
+    async def frame(self, room: Room, sharer: Participant, data: bytes) -> None:
+        """One frame from the sharer: count it and put it in every viewer's slot."""
+        if room.sharer is not sharer or sharer.closed.is_set():
+            return  # a replaced or closed sharer's late frames are not relayed
+        self.frames_received += 1
+        self._unflushed[room.session_id] = self._unflushed.get(room.session_id, 0) + 1
+        room.last_frame = data
+        for viewer in room.viewers:
+            viewer.offer(data)
+        now = self._monotonic()
+        if now - room.last_heartbeat >= self.heartbeat_interval:
+            room.last_heartbeat = now
+            # Ended meanwhile: the listener closes the room.
+            with contextlib.suppress(SessionHubError):
+                await self.hub.heartbeat(sharer.principal, room.session_id)
+
+    def unflushed(self, session_id: str) -> int:
+        """Frames received but not yet added to the session's counter."""
+        return self._unflushed.get(session_id, 0)
+
+    async def flush(self, session_id: str | None = None) -> int:
+        """Add the counted frames to ``frames_captured`` (one update per session)."""
+        ids = [session_id] if session_id is not None else list(self._unflushed)
+        written = 0
+        for sid in ids:
+            n = self._unflushed.pop(sid, 0)
+            if n <= 0:
+                continue
+            try:
+                await self.hub.update(SYSTEM_PRINCIPAL, sid, counters={"frames_captured": n})
+                written += n
+                self.flushes += 1
+            except NotFound:
+                continue  # the session is gone: nothing to count into
+            except SessionHubError:
+                # A concurrent change won the compare-and-set: count them next time.
+                self._unflushed[sid] = self._unflushed.get(sid, 0) + n
+        return written
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("flushing frame counts failed; will retry")
+
+    # -- session changes ----------------------------------------------------------------
+
+    def _on_event(self, event: Event, change: Change | None) -> None:
+        if event.kind != KIND:
+            return
+        room = self.rooms.get(event.session_id)
+        if room is None:
+            return
+        snap = event.data.get("session")
+        if event.type == STATE_CHANGED and event.data.get("to") != "active":
+            room.close_all(CLOSE_ENDED, f"session {event.data.get('to')}")
+        elif event.type == UPDATED and isinstance(snap, dict):
+            viewers = (snap.get("attributes") or {}).get("viewers")
+            room.admitted = (
+                frozenset(v for v in viewers if isinstance(v, str))
+                if isinstance(viewers, list)
+                else frozenset()
+            )
+            for v in list(room.viewers):
+                if not room.may_view(v.principal):
+                    v.close(CLOSE_FORBIDDEN, "no longer admitted by the owner")
+
+
+MAX_VIEWERS = 100
+
+
+async def set_admitted(
+    hub: Hub, principal: Principal, session_id: str, user: str, *, admitted: bool
+) -> list[str]:
+    """Admit ``user`` to (or remove them from) a screen share's viewers; owner or admin.
+
+    A compare-and-set on the session version, retried, so concurrent changes keep each other.
+    Returns the new list. Removing a user disconnects their viewer connections.
+    """
+    if not user or len(user) > 200:
+        raise InvalidInput("user_id must be 1 to 200 characters")
+    for _ in range(8):
+        s = await hub.get(principal, session_id)
+        if s.kind != KIND:
+            raise NotFound(f"no screen share {session_id!r}")
+        if not (principal.is_admin or principal.sub == s.owner):
+            raise Forbidden("only the owner or an admin may admit viewers")
+        current = sorted(_admitted(s))
+        new = sorted(set(current) | {user}) if admitted else [u for u in current if u != user]
+        if new == current:
+            return current
+        if len(new) > MAX_VIEWERS:
+            raise InvalidInput(f"a screen share admits at most {MAX_VIEWERS} viewers")
+        try:
+            await hub.update(
+                principal, session_id, attributes={"viewers": new}, expected_version=s.version
+            )
+        except (PreconditionFailed, VersionConflict):
+            continue
+        return new
+    raise VersionConflict("the session changed concurrently too often; retry the request")

@@ -1,0 +1,485 @@
+"""Workspaces (seed 002): one active workspace per user, recovery, the chat store, clean-up.
+
+The lifecycle is the ``workspace`` kind's; this module adds what spans several sessions or
+lives beside them:
+
+* **one active workspace per user** - creating one completes the user's other active ones.
+  Creates of one user are serialised by a per-user lock, and a hub listener applies the
+  same rule to workspaces created through the generic API, so the rule holds whichever
+  route created the session.
+* **recovery** - the user's active workspace with its chat and metadata, touching activity.
+* **chat** - messages appended to the ``chat_messages`` table, content and metadata sealed
+  with the store's sealer (encrypted at rest when a key is configured), read in pages.
+* **clean-up** - the admin sweeps of JamBot (abandon idle, archive abandoned, delete
+  archived) with thresholds given per call; the scheduler runs the same with the kind's ages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import re
+import uuid
+import weakref
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, select
+
+from ..core.errors import IllegalTransition, InvalidInput, NotFound, SessionHubError
+from ..core.model import CREATED, DELETED, JSON, Event, Session, iso
+from ..core.principal import SYSTEM_PRINCIPAL, Principal
+from ..hub import Hub
+from ..kinds.workspace import (
+    ABANDONED,
+    ACTIVE,
+    ARCHIVED,
+    COMPLETED,
+    STATUSES,
+    chat_id_for,
+)
+from ..store.base import Due, SessionQuery
+from ..store.schema import chat_messages
+from ..store.sql import SqlStore
+
+log = logging.getLogger("sessionhub.workspaces")
+
+KIND = "workspace"
+#: Message roles of JamBot's ``MessageRole``.
+ROLES = ("user", "assistant", "system", "tool", "status")
+MAX_MESSAGE_CHARS = 200_000
+_NAME = re.compile(r"^Session (\d+)$")
+#: Set while the service itself creates a workspace, so the hub listener leaves it alone.
+_creating: contextvars.ContextVar[bool] = contextvars.ContextVar("ws_creating", default=False)
+# PUT status -> lifecycle action.
+_STATUS_ACTIONS = {COMPLETED: "complete", ABANDONED: "abandon", ARCHIVED: "archive"}
+
+
+class ChatStore:
+    """A workspace's chat messages, oldest first, with sealed content and metadata."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+
+    def _message(self, m: Any, position: int) -> JSON:
+        sealer = self._store.sealer
+        return {
+            "id": m["id"],
+            "chat_id": chat_id_for(m["session_id"]),
+            "user_session_id": m["session_id"],
+            "sequence_order": position,
+            "role": m["role"],
+            "content": sealer.open(m["content"]),
+            "message_metadata": orjson.loads(sealer.open(m["metadata"])),
+            "created_at": iso(m["created_at"]),
+        }
+
+    async def append(
+        self, session_id: str, *, role: str, content: str, metadata: JSON, now: datetime
+    ) -> JSON:
+        """Store one message; returns it as read back (with its ``sequence_order``)."""
+        sealer = self._store.sealer
+        values = {
+            "id": str(uuid.uuid4()),
+            "session_id": session_id,
+            "role": role,
+            "content": sealer.seal(content),
+            "metadata": sealer.seal(orjson.dumps(metadata).decode()),
+            "created_at": now,
+        }
+        # The store's write transaction: on SQLite it queues behind other writers in-process.
+        async with self._store._tx() as conn:
+            result = await conn.execute(chat_messages.insert().values(**values))
+            seq = result.inserted_primary_key[0] if result.inserted_primary_key else None
+            position = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(chat_messages)
+                    .where(
+                        and_(chat_messages.c.session_id == session_id, chat_messages.c.seq <= seq)
+                    )
+                )
+            ).scalar_one()
+        return {
+            "id": values["id"],
+            "chat_id": chat_id_for(session_id),
+            "user_session_id": session_id,
+            "sequence_order": int(position),
+            "role": role,
+            "content": content,
+            "message_metadata": metadata,
+            "created_at": iso(now),
+        }
+
+    async def count(self, session_id: str) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(chat_messages)
+            .where(chat_messages.c.session_id == session_id)
+        )
+        async with self._store.engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def read(self, session_id: str, *, offset: int, limit: int) -> list[JSON]:
+        """Messages ``offset`` .. ``offset + limit`` in the order they were appended."""
+        stmt = (
+            select(chat_messages)
+            .where(chat_messages.c.session_id == session_id)
+            .order_by(chat_messages.c.seq)
+            .offset(offset)
+            .limit(limit)
+        )
+        async with self._store.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [self._message(r._mapping, offset + i + 1) for i, r in enumerate(rows)]
+
+    async def latest(self, session_id: str, limit: int) -> tuple[list[JSON], int]:
+        """The newest ``limit`` messages (oldest first) and the total count."""
+        total = await self.count(session_id)
+        offset = max(0, total - limit)
+        return await self.read(session_id, offset=offset, limit=limit), total
+
+    async def delete_session(self, session_id: str) -> int:
+        async with self._store._tx() as conn:
+            result = await conn.execute(
+                chat_messages.delete().where(chat_messages.c.session_id == session_id)
+            )
+        return max(0, result.rowcount or 0)
+
+
+class WorkspaceService:
+    """The workspace operations of seed 002 over the hub. One per runtime."""
+
+    def __init__(self, hub: Hub) -> None:
+        if not isinstance(hub.store, SqlStore):
+            raise RuntimeError("workspaces need the SQL store (chat messages live in it)")
+        self.hub = hub
+        self.chat = ChatStore(hub.store)
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unsubscribe: Any = None
+
+    # -- wiring --------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Listen to the hub: the one-active rule for workspaces created by other routes,
+        and chat deletion when the scheduler deletes a workspace."""
+        self._unsubscribe = self.hub.add_listener(self._on_event)
+
+    async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for the listener's pending work (tests, and an orderly shutdown)."""
+        for _ in range(100):
+            if not self._tasks:
+                return
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_event(self, event: Event, change: object) -> None:
+        if event.kind != KIND:
+            return
+        if event.type == CREATED and change is not None and not _creating.get():
+            self._spawn(self._adopt(event.session_id, event.owner))
+        elif event.type == DELETED:
+            self._spawn(self._forget(event.session_id))
+
+    async def _adopt(self, session_id: str, owner: str) -> None:
+        try:
+            async with self._lock(owner):
+                s = await self.hub.store.get(session_id)
+                if s is None:
+                    return
+                if not s.attributes.get("name"):
+                    await self.hub.update(
+                        SYSTEM_PRINCIPAL,
+                        session_id,
+                        attributes={"name": await self._next_name(owner)},
+                    )
+                await self._enforce_one_active(owner, keep=session_id)
+        except Exception:
+            log.exception("adopting workspace %s failed", session_id)
+
+    async def _forget(self, session_id: str) -> None:
+        try:
+            await self.chat.delete_session(session_id)
+        except Exception:
+            log.exception("deleting the chat of %s failed", session_id)
+
+    def _lock(self, owner: str) -> asyncio.Lock:
+        lock = self._locks.get(owner)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[owner] = lock
+        return lock
+
+    # -- create and the one-active rule --------------------------------------------------
+
+    async def _next_name(self, owner: str) -> str:
+        """``Session N`` with N one more than the highest N among the user's workspaces."""
+        highest = 0
+        cursor: str | None = None
+        for _ in range(1000):  # bounded: 500k workspaces per user is far beyond real use
+            page = await self.hub.store.find(
+                SessionQuery(kinds=(KIND,), owner=owner, limit=500, cursor=cursor)
+            )
+            for s in page.items:
+                m = _NAME.match(str(s.attributes.get("name") or ""))
+                if m:
+                    highest = max(highest, int(m.group(1)))
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return f"Session {highest + 1}"
+
+    async def _active_of(self, owner: str) -> list[Session]:
+        page = await self.hub.store.find(
+            SessionQuery(kinds=(KIND,), states=(ACTIVE,), owner=owner, limit=500)
+        )
+        return page.items
+
+    async def _enforce_one_active(self, owner: str, *, keep: str) -> list[str]:
+        """Complete every active workspace of ``owner`` except ``keep`` (if it is active)."""
+        actives = await self._active_of(owner)
+        if keep not in {s.id for s in actives}:
+            return []  # ``keep`` was itself superseded meanwhile: the newer one rules
+        done: list[str] = []
+        for s in actives:
+            if s.id == keep:
+                continue
+            try:
+                await self.hub.act(
+                    SYSTEM_PRINCIPAL,
+                    s.id,
+                    "complete",
+                    detail=f"superseded by {keep}",
+                    expected_version=s.version,
+                )
+                done.append(s.id)
+            except SessionHubError as exc:
+                log.debug("could not complete %s: %s", s.id, exc.detail)
+        return done
+
+    async def create(
+        self,
+        principal: Principal,
+        *,
+        name: str | None = None,
+        session_metadata: JSON | None = None,
+        owner: str | None = None,
+    ) -> Session:
+        """A new active workspace (named ``Session N`` if no name is given); the user's
+        other active workspaces are completed."""
+        owner = owner or principal.sub
+        async with self._lock(owner):
+            if not name:
+                name = await self._next_name(owner)
+            token = _creating.set(True)
+            try:
+                session, _ = await self.hub.create(
+                    principal,
+                    KIND,
+                    owner=owner,
+                    attributes={"name": name},
+                    metadata=session_metadata or {},
+                )
+            finally:
+                _creating.reset(token)
+            await self._enforce_one_active(owner, keep=session.id)
+        return session
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, principal: Principal, session_id: str) -> Session:
+        s = await self.hub.get(principal, session_id)
+        if s.kind != KIND:
+            raise NotFound(f"no workspace {session_id!r}")
+        return s
+
+    async def list_own(
+        self, principal: Principal, *, page: int, per_page: int, status: str | None
+    ) -> tuple[list[Session], int]:
+        """The caller's own workspaces, newest first, one page; and how many there are."""
+        states = (status,) if status else ()
+        q = SessionQuery(
+            kinds=(KIND,),
+            states=states,
+            owner=principal.sub,
+            limit=per_page,
+            offset=(page - 1) * per_page,
+        )
+        items = (await self.hub.list_sessions(principal, q)).items
+        total = await self.hub.count(principal, q)
+        return items, total
+
+    def _activity(self, s: Session) -> datetime:
+        pending = self.hub.pending_activity(s.id)
+        return max(s.last_activity_at, pending) if pending else s.last_activity_at
+
+    async def recover(
+        self, principal: Principal, *, message_limit: int
+    ) -> tuple[Session, list[JSON], int] | None:
+        """The caller's active workspace with the newest activity, touched, with its newest
+        ``message_limit`` chat messages and the total count; None if there is none."""
+        actives = await self._active_of(principal.sub)
+        if not actives:
+            return None
+        s = max(actives, key=lambda x: (self._activity(x), x.created_at, x.id))
+        await self.hub.heartbeat(principal, s.id)
+        messages, total = await self.chat.latest(s.id, message_limit)
+        return s, messages, total
+
+    # -- changes -------------------------------------------------------------------------
+
+    async def update(
+        self,
+        principal: Principal,
+        session_id: str,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        mission_id: str | None = None,
+        session_metadata: JSON | None = None,
+        assets: list[Any] | None = None,
+    ) -> Session:
+        """JamBot's ``PUT``: set the given fields (``session_metadata`` is replaced), then
+        move to ``status`` if it differs. ``active`` cannot be re-entered (forward-only)."""
+        s = await self.get(principal, session_id)
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"status must be one of {list(STATUSES)}")
+        attrs: JSON = {}
+        if name is not None:
+            attrs["name"] = name
+        if mission_id is not None:
+            attrs["mission_id"] = mission_id
+        if assets is not None:
+            attrs["assets"] = assets
+        if attrs or session_metadata is not None:
+            s = await self.hub.update(
+                principal, session_id, attributes=attrs or None, metadata=session_metadata
+            )
+        if status is not None and status != s.state:
+            if status == ACTIVE:
+                raise IllegalTransition(
+                    f"workspace is {s.state!r}; it cannot become active again (create a new one)",
+                    current=self.hub.view(s),
+                )
+            s = await self.hub.act(principal, session_id, _STATUS_ACTIONS[status])
+        return s
+
+    async def link_mission(self, principal: Principal, session_id: str, mission_id: str) -> Session:
+        await self.get(principal, session_id)
+        return await self.hub.update(principal, session_id, attributes={"mission_id": mission_id})
+
+    async def touch(self, principal: Principal, session_id: str) -> datetime:
+        """Record activity (coalesced like a heartbeat; no new version)."""
+        await self.get(principal, session_id)
+        return await self.hub.heartbeat(principal, session_id)
+
+    async def complete(self, principal: Principal, session_id: str) -> Session:
+        await self.get(principal, session_id)
+        return await self.hub.act(principal, session_id, "complete", detail="completed by user")
+
+    # -- chat ----------------------------------------------------------------------------
+
+    async def add_message(
+        self,
+        principal: Principal,
+        session_id: str,
+        *,
+        role: str,
+        content: str,
+        metadata: JSON | None = None,
+    ) -> JSON:
+        """Append a chat message; an active workspace's activity is touched."""
+        s = await self.get(principal, session_id)
+        if role not in ROLES:
+            raise InvalidInput(f"role must be one of {list(ROLES)}")
+        if len(content) > MAX_MESSAGE_CHARS:
+            raise InvalidInput(f"content is longer than {MAX_MESSAGE_CHARS} characters")
+        if s.state == ARCHIVED:
+            raise IllegalTransition("workspace is archived; its chat is read-only")
+        message = await self.chat.append(
+            session_id, role=role, content=content, metadata=metadata or {}, now=self.hub.clock()
+        )
+        if s.state == ACTIVE:
+            await self.hub.heartbeat(principal, session_id)
+        return message
+
+    async def messages(
+        self, principal: Principal, session_id: str, *, page: int, per_page: int
+    ) -> tuple[list[JSON], int]:
+        await self.get(principal, session_id)
+        total = await self.chat.count(session_id)
+        items = await self.chat.read(session_id, offset=(page - 1) * per_page, limit=per_page)
+        return items, total
+
+    # -- clean-up (admin) ----------------------------------------------------------------
+
+    async def _due(self, states: frozenset[str], column: str, before: datetime) -> list[Session]:
+        out: list[Session] = []
+        seen: set[str] = set()
+        for _ in range(200):  # bounded: 100k sessions per call
+            batch = [
+                s
+                for s in await self.hub.store.due(Due(KIND, states, column, before, limit=500))
+                if s.id not in seen
+            ]
+            if not batch:
+                break
+            out += batch
+            seen.update(s.id for s in batch)
+            if len(batch) < 500:
+                break
+        return out
+
+    async def _apply(
+        self, sessions: list[Session], action: str, reason: str | None, before: datetime
+    ) -> list[str]:
+        done: list[str] = []
+        for s in sessions:
+            pending = self.hub.pending_activity(s.id)
+            if pending is not None and pending >= before:
+                continue
+            try:
+                await self.hub.act(
+                    SYSTEM_PRINCIPAL, s.id, action, reason=reason, expected_version=s.version
+                )
+                done.append(s.id)
+            except SessionHubError as exc:
+                log.debug("clean-up skipped %s: %s", s.id, exc.detail)
+        return done
+
+    async def abandon_inactive(self, older_than: timedelta) -> list[str]:
+        """Active workspaces without activity for ``older_than`` -> abandoned (idle_timeout)."""
+        await self.hub.flush_heartbeats()
+        before = self.hub.clock() - older_than
+        due = await self._due(frozenset({ACTIVE}), "last_activity_at", before)
+        return await self._apply(due, "abandon", "idle_timeout", before)
+
+    async def archive_abandoned(self, older_than: timedelta) -> list[str]:
+        """Workspaces abandoned for ``older_than`` -> archived."""
+        before = self.hub.clock() - older_than
+        due = await self._due(frozenset({ABANDONED}), "updated_at", before)
+        return await self._apply(due, "archive", None, before)
+
+    async def delete_archived(self, older_than: timedelta) -> list[str]:
+        """Workspaces archived for ``older_than`` -> deleted, with their chat."""
+        before = self.hub.clock() - older_than
+        done: list[str] = []
+        for s in await self._due(frozenset({ARCHIVED}), "updated_at", before):
+            await self.hub.delete(s)
+            await self.chat.delete_session(s.id)
+            done.append(s.id)
+        return done

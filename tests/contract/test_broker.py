@@ -1,0 +1,173 @@
+"""The Broker contract (broker/base.py): one suite for every implementation.
+
+Add an implementation by adding a factory to ``BROKERS`` (the Redis one, with the
+``redis`` mark, when it exists). Time is injected: ``clock.advance(seconds)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from sessionhub.broker.base import (
+    Broker,
+    ClientInfo,
+    PresenceEvent,
+    Publication,
+    StreamPosition,
+)
+from sessionhub.broker.memory import MemoryBroker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def memory(clock: Clock, size: int, ttl: float) -> Broker:
+    return MemoryBroker(history_size=size, history_ttl=ttl, clock=clock)
+
+
+BROKERS: dict[str, Callable[[Clock, int, float], Broker]] = {"memory": memory}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=sorted(BROKERS))
+async def make(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Broker] = []
+
+    async def factory(size: int = 100, ttl: float = 600.0) -> Broker:
+        b = BROKERS[request.param](clock, size, ttl)
+        await b.start()
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        await b.close()
+
+
+async def test_offsets_start_at_one_and_rise_by_one_per_topic(make: Any) -> None:
+    b = await make()
+    start = await b.position("t")
+    assert start.offset == 0 and start.epoch
+    p1 = await b.publish(["t", "u"], b"1")
+    p2 = await b.publish(["t"], b"2")
+    assert p1["t"] == StreamPosition(1, start.epoch)
+    assert p2["t"].offset == 2 and p1["u"].offset == 1
+    assert await b.position("t") == p2["t"]
+
+
+async def test_listeners_get_every_publication_in_order_with_shared_bytes(make: Any) -> None:
+    b = await make()
+    got: list[Publication] = []
+    unsubscribe = b.subscribe("t", got.append)
+    data = b'{"x":1}'
+    for _ in range(3):
+        await b.publish(["t", "other"], data)
+    assert [p.offset for p in got] == [1, 2, 3]
+    assert all(p.topic == "t" and p.data == data for p in got)
+    unsubscribe()
+    await b.publish(["t"], data)
+    assert len(got) == 3
+
+
+async def test_history_since_a_position_is_exact(make: Any) -> None:
+    b = await make()
+    for i in range(5):
+        await b.publish(["t"], b"%d" % i)
+    pos = await b.position("t")
+    pubs, now, complete = await b.history("t", since=StreamPosition(2, pos.epoch))
+    assert complete and now == pos
+    assert [(p.offset, p.data) for p in pubs] == [(3, b"2"), (4, b"3"), (5, b"4")]
+    pubs, _, complete = await b.history("t", since=pos)
+    assert complete and pubs == []
+    newest, _, complete = await b.history("t", limit=2)
+    assert complete and [p.offset for p in newest] == [4, 5]
+
+
+async def test_history_says_when_it_cannot_recover(make: Any, clock: Clock) -> None:
+    b = await make(size=3, ttl=60.0)
+    for i in range(5):
+        await b.publish(["t"], b"%d" % i)
+    epoch = (await b.position("t")).epoch
+    # Older than the retained window (only 3..5 are kept).
+    assert (await b.history("t", since=StreamPosition(1, epoch)))[2] is False
+    assert (await b.history("t", since=StreamPosition(2, epoch)))[2] is True
+    # Another epoch, or a position ahead of the stream.
+    assert (await b.history("t", since=StreamPosition(4, "other")))[2] is False
+    assert (await b.history("t", since=StreamPosition(9, epoch)))[2] is False
+    # More than the limit follows: the first ones, and not complete.
+    pubs, _, complete = await b.history("t", since=StreamPosition(2, epoch), limit=2)
+    assert [p.offset for p in pubs] == [3, 4] and complete is False
+    # Age: after the ttl the window is empty, so only "nothing missed" is recoverable.
+    clock.advance(61)
+    assert (await b.history("t", since=StreamPosition(4, epoch)))[2] is False
+    assert (await b.history("t", since=StreamPosition(5, epoch)))[2] is True
+
+
+async def test_presence_leases_join_renew_leave(make: Any) -> None:
+    b = await make()
+    events: list[PresenceEvent] = []
+    b.watch_presence("t", events.append)
+    a = ClientInfo("c1", "alice")
+    assert await b.join("t", a, ttl=30) is True
+    assert await b.join("t", a, ttl=30) is False  # a renewal: no second join
+    await b.join("t", ClientInfo("c2", "alice"), ttl=30)
+    await b.join("t", ClientInfo("c3", "bob"), ttl=30)
+    assert sorted(await b.presence("t")) == ["c1", "c2", "c3"]
+    assert await b.presence_stats("t") == (3, 2)
+    assert await b.leave("t", "c2") is True
+    assert await b.leave("t", "c2") is False
+    assert [(e.joined, e.info.client, e.reason) for e in events] == [
+        (True, "c1", ""),
+        (True, "c2", ""),
+        (True, "c3", ""),
+        (False, "c2", "left"),
+    ]
+    assert await b.presence("elsewhere") == {}
+
+
+async def test_a_lease_that_is_not_renewed_is_lost(make: Any, clock: Clock) -> None:
+    b = await make()
+    events: list[PresenceEvent] = []
+    b.watch_presence("t", events.append)
+    await b.join("t", ClientInfo("c1", "alice"), ttl=10)
+    await b.join("t", ClientInfo("c2", "bob"), ttl=10)
+    clock.advance(6)
+    await b.join("t", ClientInfo("c2", "bob"), ttl=10)  # c2 renews, c1 does not
+    clock.advance(6)
+    assert await b.expire() == 1
+    assert list(await b.presence("t")) == ["c2"]
+    assert (events[-1].joined, events[-1].info.client, events[-1].reason) == (False, "c1", "lost")
+    clock.advance(11)
+    assert await b.presence("t") == {}  # read also expires
+    assert events[-1].reason == "lost"
+
+
+async def test_an_idle_topic_never_recovers_wrongly(make: Any, clock: Clock) -> None:
+    """A broker may forget an idle topic (new epoch) or keep it; either way recovering from
+    an old position gives exactly what followed it, or says it cannot."""
+    b = await make(ttl=60.0)
+    await b.publish(["t"], b"x")
+    old = await b.position("t")
+    clock.advance(61)
+    await b.expire()
+    await b.publish(["t"], b"y")
+    pubs, _, complete = await b.history("t", since=old)
+    if complete:
+        assert [p.data for p in pubs] == [b"y"]
+    else:
+        assert pubs == []

@@ -1,0 +1,220 @@
+"""Seed 001's counts in-process: exact from hub events, no double counting on replays.
+
+The HTTP API drives the changes; ``runtime.services["kato"]`` is the ``/ws`` service, whose
+``counts`` feed every ``session_event``. A sink collects the messages the clients would get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, update
+from starlette.websockets import WebSocket
+
+from sessionhub.core.principal import Principal
+from sessionhub.features.counts import AlertTracker, Threshold
+from sessionhub.server.app import create_app
+from sessionhub.server.kato import KatoConfig, KatoService, _Client
+from sessionhub.server.runtime import Runtime, build_runtime
+from sessionhub.settings import Settings
+from sessionhub.store.schema import events
+from sessionhub.store.sql import SqlStore
+
+Auth = Callable[..., dict[str, str]]
+SECRET = "counts-test-secret-0123456789abcdef0123"
+
+
+def kato(runtime: Runtime) -> KatoService:
+    svc: KatoService = runtime.services["kato"]
+    return svc
+
+
+def collect(runtime: Runtime) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    kato(runtime).counts.add_sink(seen.append)
+    return seen
+
+
+async def test_every_create_and_end_moves_the_count_by_one(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime, clock: Any
+) -> None:
+    seen = collect(runtime)
+    alice = auth("alice")
+    ids = [
+        (await client.post("/api/sessions", json={}, headers=alice)).json()["id"] for _ in range(3)
+    ]
+    clock.advance(2.5)
+    await client.post(f"/api/sessions/{ids[1]}/actions/end", headers=alice)
+    # A workspace: created (+1), then superseded by a second one (+1, -1), then completed (-1).
+    ws1 = (await client.post("/api/sessions/", json={}, headers=alice)).json()["id"]
+    ws2 = (await client.post("/api/sessions/", json={}, headers=alice)).json()["id"]
+    await client.post(f"/api/sessions/{ws2}/complete", headers=alice)
+    # Changes that neither create nor end do not count.
+    await client.patch(f"/api/sessions/{ids[0]}", json={"metadata": {"x": 1}}, headers=alice)
+    await client.post(f"/api/sessions/{ids[0]}/heartbeat", headers=alice)
+
+    kinds = [(m["event_type"], m["data"]["session_id"]) for m in seen]
+    assert kinds == [
+        ("session_created", ids[0]),
+        ("session_created", ids[1]),
+        ("session_created", ids[2]),
+        ("session_destroyed", ids[1]),
+        ("session_created", ws1),
+        ("session_created", ws2),
+        ("session_destroyed", ws1),
+        ("session_destroyed", ws2),
+    ]
+    assert [m["data"]["current_count"] for m in seen] == [1, 2, 3, 2, 3, 4, 3, 2]
+    assert [m["data"]["previous_count"] for m in seen] == [0, 1, 2, 3, 2, 3, 4, 3]
+    assert {m["data"]["delta"] for m in seen} == {1}
+    assert seen[3]["data"]["time_since_last_event"] == 2.5  # from the hub clock
+    assert seen[3]["timestamp"] == "2026-01-01T12:00:02.500000Z"
+    assert kato(runtime).counts.active == 2
+    r = await client.get("/api/sessions/count", headers=auth("root", "admin"))
+    assert r.json()["active_sessions"] == 2
+
+
+async def test_deleting_ended_sessions_does_not_count_again(
+    client: httpx.AsyncClient, auth: Auth, runtime: Runtime, clock: Any
+) -> None:
+    alice = auth("alice")
+    sid = (await client.post("/api/sessions/", json={}, headers=alice)).json()["id"]
+    seen = collect(runtime)
+    clock.advance(25 * 3600)
+    await runtime.scheduler.sweep()  # abandoned: -1
+    clock.advance(8 * 86400)
+    await runtime.scheduler.sweep()  # archived: an ended state to another, no change
+    clock.advance(91 * 86400)
+    report = await runtime.scheduler.sweep()  # deleted: was not live, no change
+    assert report.deleted == [sid]
+    assert [(m["event_type"], m["data"]["current_count"]) for m in seen] == [
+        ("session_destroyed", 0)
+    ]
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    runtime = build_runtime(settings)
+    app = create_app(runtime=runtime)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c, runtime
+
+
+async def _unpublish_everything(runtime: Runtime) -> None:
+    store = runtime.hub.store
+    assert isinstance(store, SqlStore)
+    async with store.engine.begin() as conn:
+        await conn.execute(update(events).values(published=False))
+
+
+async def test_outbox_replays_after_a_restart_do_not_double_count(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "d", jwt_secret=SECRET, sweep_interval=3600.0)
+    async with serve(settings) as (client, rt):
+        alice = {"Authorization": f"Bearer {rt.auth.issue('alice')}"}
+        ids = [
+            (await client.post("/api/sessions", json={}, headers=alice)).json()["id"]
+            for _ in range(4)
+        ]
+        await client.post(f"/api/sessions/{ids[0]}/actions/end", headers=alice)
+        assert kato(rt).counts.active == 3
+    # As if the process had died after committing but before publishing anything.
+    engine = create_engine(f"sqlite:///{settings.data_dir / 'sessionhub.db'}")
+    with engine.begin() as conn:
+        conn.execute(update(events).values(published=False))
+    engine.dispose()
+
+    async with serve(settings) as (client, rt):
+        assert rt.hub.stats.republished == 5  # every event came out of the outbox again
+        assert kato(rt).counts.active == 3  # ... and none of them was counted twice
+        seen = collect(rt)
+        # A replay while running (the outbox republished again) changes nothing either.
+        await _unpublish_everything(rt)
+        assert await rt.hub.republish_outbox() == 5
+        assert seen == [] and kato(rt).counts.active == 3
+        # Real changes still count.
+        alice = {"Authorization": f"Bearer {rt.auth.issue('alice')}"}
+        await client.post(f"/api/sessions/{ids[1]}/actions/end", headers=alice)
+        assert [m["data"]["current_count"] for m in seen] == [2]
+
+
+async def test_kinds_setting_limits_what_is_counted(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "d",
+        jwt_secret=SECRET,
+        sweep_interval=3600.0,
+        extra={"kato_kinds": "workspace"},
+    )
+    async with serve(settings) as (client, rt):
+        seen = collect(rt)
+        alice = {"Authorization": f"Bearer {rt.auth.issue('alice')}"}
+        await client.post("/api/sessions", json={}, headers=alice)
+        await client.post("/api/sessions/", json={}, headers=alice)
+        assert [m["data"]["kind"] for m in seen] == ["workspace"]
+        parts = await kato(rt).snapshot()
+        assert parts["sessions"] == {"active_count": 1, "total_count": 1}
+
+
+def test_alerts_fire_once_per_upward_crossing() -> None:
+    tracker = AlertTracker(
+        [
+            Threshold("high_cpu", 80.0, "High CPU usage", "%", 90.0),
+            Threshold("off", 0.0, "disabled"),
+        ]
+    )
+    assert tracker.check({"high_cpu": 50.0, "off": 1e9}) == []
+    (alert,) = tracker.check({"high_cpu": 85.0})
+    assert alert == {
+        "level": "warning",
+        "type": "high_cpu",
+        "message": "High CPU usage: 85.0% (threshold 80%)",
+        "value": 85.0,
+        "threshold": 80.0,
+    }
+    assert tracker.check({"high_cpu": 99.0}) == []  # still above: no repeat
+    assert tracker.check({"high_cpu": 80.0}) == []  # at the threshold: re-armed
+    (again,) = tracker.check({"high_cpu": 95.0})
+    assert again["level"] == "error"
+
+
+def test_config_from_environment_and_settings() -> None:
+    env = {
+        "SESSIONHUB_KATO_INTERVAL": "1.5",
+        "SESSIONHUB_KATO_SESSION_EVENTS": "0",
+        "SESSIONHUB_KATO_ALERT_ACTIVE_SESSIONS": "100",
+        "SESSIONHUB_KATO_KINDS": "generic, workspace",
+        "SESSIONHUB_KATO_QUEUE_SIZE": "50",
+    }
+    cfg = KatoConfig.load(env, {"kato_queue_size": 7})
+    assert cfg.interval == 1.5 and cfg.session_events is False
+    assert cfg.alert_active_sessions == 100.0 and cfg.kind_list() == ("generic", "workspace")
+    assert cfg.queue_size == 7  # Settings.extra wins over the environment
+    assert KatoConfig.load({}, {}).interval == 3.0  # the document's 3 s
+    with pytest.raises(ValueError, match="INTERVAL"):
+        KatoConfig.load({"SESSIONHUB_KATO_INTERVAL": "soon"}, {})
+    with pytest.raises(ValueError, match="INTERVAL"):
+        KatoConfig.load({"SESSIONHUB_KATO_INTERVAL": "0"}, {})
+
+
+async def test_a_slow_client_is_closed_and_does_not_hold_up_the_others(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    svc = kato(runtime)
+    nobody = cast(WebSocket, None)  # the fan-out only touches the queues
+    slow = _Client(nobody, Principal("slow", frozenset({"admin"})), queue_size=3)
+    fast = _Client(nobody, Principal("fast", frozenset({"admin"})), queue_size=100)
+    svc.clients |= {slow, fast}
+    try:
+        for i in range(10):
+            svc.broadcast({"type": "session_event", "n": i}, "session_events")
+    finally:
+        svc.clients -= {slow, fast}
+    assert slow.close_code == 3008  # codes.SLOW: the client should reconnect
+    assert slow.queue.qsize() == 1 and slow.queue.get_nowait() is None  # only the close
+    assert fast.queue.qsize() == 10 and fast.close_code is None

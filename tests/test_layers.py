@@ -1,0 +1,192 @@
+"""The dependency rule, enforced by reading every module's imports (ast).
+
+core -> nothing (stdlib only, no I/O, no clock) · kinds -> core · store, broker -> core ·
+client -> core · hub (hub.py, scheduler.py, auth.py, settings.py) -> those ·
+features -> hub and below · server, connectors -> features, hub and below · cli -> anything.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "sessionhub"
+
+LOW = {"core", "kinds", "store", "broker"}
+ALLOWED: dict[str, set[str]] = {
+    "core": {"core"},
+    "kinds": {"core", "kinds"},
+    "store": {"core", "store"},
+    "broker": {"core", "broker"},
+    "client": {"core", "client", "root"},
+    "hub": LOW | {"hub", "root"},
+    "features": LOW | {"hub", "features", "root"},
+    "server": LOW | {"hub", "features", "server", "root"},
+    "connectors": LOW | {"hub", "features", "connectors", "root"},
+    "cli": LOW | {"hub", "features", "server", "connectors", "cli", "root"},
+    "root": set(),
+}
+TOP_LEVEL = {
+    "hub": "hub",
+    "scheduler": "hub",
+    "auth": "hub",
+    "settings": "hub",
+    "cli": "cli",
+    "__init__": "root",
+    "__main__": "cli",
+}
+
+# The core is sans-I/O: no event loop, no sockets, threads, databases, web frameworks.
+CORE_FORBIDDEN = {
+    "asyncio",
+    "anyio",
+    "socket",
+    "ssl",
+    "select",
+    "selectors",
+    "threading",
+    "multiprocessing",
+    "concurrent",
+    "subprocess",
+    "sqlite3",
+    "http",
+    "urllib",
+    "time",
+    "sqlalchemy",
+    "starlette",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "aiosqlite",
+    "asyncpg",
+    "redis",
+}
+# Pure, I/O-free libraries the core may use.
+CORE_THIRD_PARTY = {"orjson"}
+# Connectors and the client must not reach the servers' internals either.
+CLIENT_FORBIDDEN = {"sqlalchemy", "starlette", "fastapi", "uvicorn", "aiosqlite", "asyncpg"}
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in SRC.rglob("*.py") if "migrations" not in p.parts)
+
+
+def layer_of(parts: list[str]) -> str:
+    """``["sessionhub", "server", "rest"]`` -> ``"server"``."""
+    if len(parts) < 2:
+        return "root"
+    if len(parts) == 2:
+        return TOP_LEVEL.get(parts[1], parts[1])
+    return parts[1]
+
+
+def module_parts(path: Path) -> list[str]:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return parts
+
+
+def imports(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line, absolute dotted target) for every import in the module, lazy ones included."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    parts = module_parts(path)
+    package = parts if path.name == "__init__.py" else parts[:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name.split(".")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = base + (node.module.split(".") if node.module else [])
+            else:
+                target = (node.module or "").split(".")
+            if target == ["sessionhub"]:
+                # ``from .. import hub`` names a module; ``from .. import __version__`` the root.
+                for alias in node.names:
+                    yield node.lineno, [*target, alias.name]
+            else:
+                yield node.lineno, target
+
+
+def _is_module(name: str) -> bool:
+    return (
+        name in ALLOWED
+        or name in TOP_LEVEL
+        or (SRC / name).is_dir()
+        or (SRC / f"{name}.py").exists()
+    )
+
+
+def violations(path: Path) -> list[str]:
+    parts = module_parts(path)
+    layer = layer_of(parts)
+    out: list[str] = []
+    for line, target in imports(path):
+        where = f"{path.relative_to(SRC.parent)}:{line} imports {'.'.join(target)}"
+        top = target[0]
+        if top == "sessionhub":
+            dep = layer_of(target[:2] if len(target) >= 2 else target)
+            if len(target) >= 2 and not _is_module(target[1]):
+                dep = "root"  # a name defined in sessionhub/__init__.py, e.g. __version__
+            if dep not in ALLOWED.get(layer, set()):
+                out.append(f"{where} ({layer} -> {dep} breaks the dependency rule)")
+            continue
+        if layer == "core":
+            if top in CORE_FORBIDDEN:
+                out.append(f"{where} (the core does no I/O)")
+            elif top not in sys.stdlib_module_names and top not in CORE_THIRD_PARTY:
+                out.append(f"{where} (the core depends on nothing outside the standard library)")
+        if layer in ("client", "kinds") and top in CLIENT_FORBIDDEN:
+            out.append(f"{where} ({layer} must not use server-side libraries)")
+    return out
+
+
+def test_there_are_modules_to_check() -> None:
+    found = {layer_of(module_parts(p)) for p in modules()}
+    assert {"core", "kinds", "store", "broker", "hub", "server", "cli"} <= found
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_module_follows_the_dependency_rule(path: Path) -> None:
+    assert violations(path) == []
+
+
+def test_the_core_never_reads_the_clock_or_randomness() -> None:
+    for path in (SRC / "core").rglob("*.py"):
+        text = path.read_text()
+        for needle in (
+            ".now(",
+            "utcnow(",
+            "time.time(",
+            "monotonic(",
+            "random.",
+            "secrets.",
+            "uuid",
+        ):
+            assert needle not in text, f"{path.name} uses {needle}: time/ids are arguments"
+
+
+def test_the_checker_catches_violations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checker itself works: a fake core module importing the hub and asyncio is caught."""
+    fake = tmp_path / "sessionhub"
+    (fake / "core").mkdir(parents=True)
+    (fake / "store").mkdir()
+    bad = fake / "core" / "bad.py"
+    bad.write_text(
+        "import asyncio\nimport sqlalchemy\nfrom ..hub import Hub\nfrom . import model\n"
+    )
+    (fake / "store" / "leak.py").write_text("from ..server import app\nfrom ..core import model\n")
+    monkeypatch.setattr(sys.modules[__name__], "SRC", fake)
+    found = violations(bad)
+    assert len(found) == 3, found
+    assert any("core -> hub" in v for v in found)
+    assert any("asyncio" in v for v in found) and any("sqlalchemy" in v for v in found)
+    leak = violations(fake / "store" / "leak.py")
+    assert len(leak) == 1 and "store -> server" in leak[0]
