@@ -491,3 +491,35 @@ async def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
 def test_an_unknown_database_url_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported database URL"):
         SqlStore("mysql://x")
+
+
+async def test_a_store_that_is_not_started_or_closed_is_unavailable(
+    open_store: Callable[..., SqlStore],
+) -> None:
+    from sessionhub.core.errors import Unavailable
+
+    s = open_store()
+    await s.start()
+    await s.start()  # starting twice is harmless
+    c = created()
+    await s.insert(c)
+    await s.close()
+    with pytest.raises(Unavailable):
+        await s.ping()
+    again = open_store()
+    await again.start()
+    try:
+        assert await again.get(c.session.id) == c.session
+    finally:
+        await again.close()
+
+
+async def test_concurrent_writers_all_commit(store: SqlStore) -> None:
+    """Many concurrent inserts and saves: each is written exactly once (one writer queue)."""
+    import asyncio
+
+    changes = [created() for _ in range(40)]
+    await asyncio.gather(*(store.insert(c) for c in changes))
+    await asyncio.gather(*(store.save(acted(c.session)) for c in changes))
+    assert await store.count(SessionQuery(states=("ended",))) == 40
+    assert len(await store.unpublished(limit=1000)) == 80

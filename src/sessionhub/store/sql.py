@@ -90,7 +90,7 @@ class SqlStore:
 
     async def start(self) -> None:
         self._closed = False
-        if self.is_sqlite:
+        if self.is_sqlite and self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sessionhub-sqlite-write")
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="sessionhub-sqlite-read")
             path = self.engine.url.database
