@@ -40,8 +40,9 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev node_modules/.installed
 	$(BIN)/python bench/rest.py
+	$(BIN)/python bench/fanout.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

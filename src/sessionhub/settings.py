@@ -38,6 +38,12 @@ class Settings:
     kind_timeouts: str = ""
     #: Server ping interval on realtime connections, seconds.
     ping_interval: float = 25.0
+    #: Bytes queued for one realtime connection before it is disconnected as too slow (3008).
+    realtime_queue_bytes: int = 1 << 20
+    #: Subscriptions one realtime connection may hold.
+    realtime_max_subscriptions: int = 128
+    #: Seconds to wait for a client's close frame before dropping the connection.
+    realtime_close_timeout: float = 5.0
     #: Publications kept per topic for recovery, and for how long (seconds).
     history_size: int = 1000
     history_ttl: float = 600.0

@@ -20,16 +20,20 @@ from .service import RealtimeService
 
 def install(app: FastAPI, runtime: Runtime) -> None:
     """Create the node's realtime service and mount ``/connection/websocket``."""
-    extra: dict[str, Any] = runtime.settings.extra
+    s = runtime.settings
+    # Settings.extra wins over the SESSIONHUB_REALTIME_* settings (the benchmark uses it).
+    extra: dict[str, Any] = s.extra
     service = RealtimeService(
         runtime.hub,
         runtime.auth,
         ping_interval=runtime.settings.ping_interval,
-        max_queue_bytes=int(extra.get("realtime_queue_bytes", 1 << 20)),
-        max_subscriptions=int(extra.get("realtime_max_subscriptions", 128)),
+        max_queue_bytes=int(extra.get("realtime_queue_bytes", s.realtime_queue_bytes)),
+        max_subscriptions=int(
+            extra.get("realtime_max_subscriptions", s.realtime_max_subscriptions)
+        ),
         recover_limit=runtime.settings.history_size,
         publish_topics=tuple(extra.get("realtime_publish_topics", ())),
-        close_timeout=float(extra.get("realtime_close_timeout", 5.0)),
+        close_timeout=float(extra.get("realtime_close_timeout", s.realtime_close_timeout)),
     )
     runtime.services["realtime"] = service
     runtime.on_start.append(service.start)
