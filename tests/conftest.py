@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.inprocess import serve_in_process
 
-from sessionhub.server.app import create_app
 from sessionhub.server.runtime import Runtime, build_runtime
 from sessionhub.settings import Settings
 
@@ -154,11 +154,8 @@ async def runtime(settings: Settings, make_runtime: Callable[[Settings], Runtime
 @pytest.fixture
 async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client talking to the app in-process, with the app's lifespan running."""
-    app = create_app(runtime=runtime)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with serve_in_process(runtime) as c:
+        yield c
 
 
 @pytest.fixture

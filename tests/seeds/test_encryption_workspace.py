@@ -18,9 +18,9 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
+from tests.inprocess import serve_in_process
 
 from sessionhub import cli
-from sessionhub.server.app import create_app
 from sessionhub.server.runtime import Runtime, build_runtime
 from sessionhub.settings import Settings
 
@@ -101,11 +101,8 @@ async def test_metadata_and_chat_never_reach_the_disk_in_plaintext(
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     runtime = build_runtime(settings)
-    app = create_app(runtime=runtime)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c, runtime
+    async with serve_in_process(runtime) as c:
+        yield c, runtime
 
 
 async def test_rotate_keys_keeps_everything_readable_with_only_the_new_key(

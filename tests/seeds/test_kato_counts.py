@@ -15,10 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, update
 from starlette.websockets import WebSocket
+from tests.inprocess import serve_in_process
 
 from sessionhub.core.principal import Principal
 from sessionhub.features.counts import AlertTracker, Threshold
-from sessionhub.server.app import create_app
 from sessionhub.server.kato import KatoConfig, KatoService, _Client
 from sessionhub.server.runtime import Runtime, build_runtime
 from sessionhub.settings import Settings
@@ -100,11 +100,8 @@ async def test_deleting_ended_sessions_does_not_count_again(
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     runtime = build_runtime(settings)
-    app = create_app(runtime=runtime)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c, runtime
+    async with serve_in_process(runtime) as c:
+        yield c, runtime
 
 
 async def _unpublish_everything(runtime: Runtime) -> None:

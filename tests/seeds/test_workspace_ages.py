@@ -7,25 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
+from workspace_calls import create, get
 
 from sessionhub.server.runtime import Runtime
 
 Auth = Callable[..., dict[str, str]]
 DAY = 86400.0
-
-
-async def create(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:
-    r = await client.post("/api/sessions/", json={}, headers=headers)
-    assert r.status_code == 200, r.text
-    out: dict[str, Any] = r.json()
-    return out
-
-
-async def get(client: httpx.AsyncClient, sid: str, headers: dict[str, str]) -> dict[str, Any]:
-    r = await client.get(f"/api/sessions/{sid}", headers=headers)
-    assert r.status_code == 200, r.text
-    out: dict[str, Any] = r.json()
-    return out
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from workspace_calls import create, get
 
 from sessionhub.features.workspaces import WorkspaceService
 from sessionhub.server.runtime import Runtime
@@ -37,20 +38,6 @@ DAY = 24 * HOUR
 def service(runtime: Runtime) -> WorkspaceService:
     svc: WorkspaceService = runtime.services["workspaces"]
     return svc
-
-
-async def create(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:
-    r = await client.post("/api/sessions/", json=body, headers=headers)
-    assert r.status_code == 200, r.text
-    out: dict[str, Any] = r.json()
-    return out
-
-
-async def get(client: httpx.AsyncClient, sid: str, headers: dict[str, str]) -> dict[str, Any]:
-    r = await client.get(f"/api/sessions/{sid}", headers=headers)
-    assert r.status_code == 200, r.text
-    out: dict[str, Any] = r.json()
-    return out
 
 
 async def test_create_answers_jambot_shape_with_default_names(
