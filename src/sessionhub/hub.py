@@ -24,7 +24,15 @@ import orjson
 from .broker.base import Broker, StreamPosition
 from .core import engine
 from .core.engine import Change
-from .core.errors import DuplicateId, IllegalTransition, InvalidInput, NotFound, PreconditionFailed
+from .core.errors import (
+    DuplicateId,
+    Forbidden,
+    IllegalTransition,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    VersionConflict,
+)
 from .core.kind import Kind
 from .core.model import DELETED, JSON, Event, Session
 from .core.principal import SYSTEM_PRINCIPAL, Principal
@@ -74,6 +82,8 @@ class Hub:
         self._pending_heartbeats: dict[str, datetime] = {}
         # id -> (owner, kind, state) of sessions this node has seen, so a heartbeat costs no read.
         self._hb_cache: dict[str, tuple[str, str, str]] = {}
+        # id -> the session as this node last committed it, so a change costs no read first.
+        self._written: dict[str, Session] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -195,13 +205,70 @@ class Hub:
         self._remember(s)
         return s
 
+    #: Sessions whose last committed state this node keeps to change them without a read.
+    WRITTEN_CACHE_SIZE = 10_000
+
+    def _wrote(self, s: Session) -> None:
+        self._written.pop(s.id, None)  # re-insert at the end: eviction takes the oldest
+        self._written[s.id] = s
+        if len(self._written) > self.WRITTEN_CACHE_SIZE:
+            self._written.pop(next(iter(self._written)))
+
     async def commit(self, change: Change) -> Session:
         """Store a change (compare-and-set) and publish its event, in version order."""
         async with self._lock(change.session.id):
             stored = await self.store.save(change)
             self._remember(change.session)
+            self._wrote(change.session)
             await self._publish(stored, change)
         return change.session
+
+    async def _change(
+        self,
+        principal: Principal,
+        session_id: str,
+        expected_version: int | None,
+        make: Callable[[Session], Change],
+    ) -> Session:
+        """Load the session, check ``expected_version``, ``make`` the change and commit it.
+
+        The session is taken from what this node last committed when it has it, saving the
+        read. The compare-and-set keeps that honest: if another node (or a sweep) changed
+        the row since, the entry is stale and every answer computed from it (conflict,
+        412, illegal transition, invalid input, a role refused in that state) is decided again on a fresh read, as if the
+        request had arrived just after that change. If this node itself committed the
+        session meanwhile, the race is a real one and its 409 stands, as without the cache.
+        """
+        cached = self._written.get(session_id)
+        if cached is not None and principal.may_read(cached.owner):
+            try:
+                return await self.commit(self._make(cached, expected_version, make))
+            except (
+                VersionConflict,
+                PreconditionFailed,
+                IllegalTransition,
+                InvalidInput,
+                Forbidden,
+            ):
+                if self._written.get(session_id) is not cached:
+                    raise
+                self._written.pop(session_id, None)
+        s = await self._load(principal, session_id)
+        return await self.commit(self._make(s, expected_version, make))
+
+    @staticmethod
+    def _make(
+        s: Session, expected_version: int | None, make: Callable[[Session], Change]
+    ) -> Change:
+        if expected_version is not None and s.version != expected_version:
+            raise PreconditionFailed(
+                f"session is at version {s.version}, not {expected_version}", current=s.to_dict()
+            )
+        try:
+            return make(s)
+        except IllegalTransition as exc:
+            exc.extra.setdefault("current", s.to_dict())
+            raise
 
     # -- commands --------------------------------------------------------------------------
 
@@ -239,6 +306,7 @@ class Hub:
                         change, idempotency_key=idempotency_key
                     )
                     self._remember(session)
+                    self._wrote(session)
                     if stored is not None:
                         await self._publish(stored, change)
                 return session, stored is not None
@@ -276,15 +344,10 @@ class Hub:
         expected_version: int | None = None,
     ) -> Session:
         """Apply a lifecycle action. Illegal -> 409; concurrent change -> 409 with current."""
-        s = await self._load(principal, session_id)
-        if expected_version is not None and s.version != expected_version:
-            raise PreconditionFailed(
-                f"session is at version {s.version}, not {expected_version}", current=s.to_dict()
-            )
-        kind = self.kind_of(s)
-        try:
-            change = engine.act(
-                kind,
+
+        def make(s: Session) -> Change:
+            return engine.act(
+                self.kind_of(s),
                 s,
                 action,
                 actor=principal,
@@ -293,10 +356,8 @@ class Hub:
                 detail=detail,
                 reason=reason,
             )
-        except IllegalTransition as exc:
-            exc.extra.setdefault("current", s.to_dict())
-            raise
-        return await self.commit(change)
+
+        return await self._change(principal, session_id, expected_version, make)
 
     async def update(
         self,
@@ -308,15 +369,15 @@ class Hub:
         merge_metadata: bool = False,
         counters: Mapping[str, int] | None = None,
         expected_version: int | None = None,
+        internal: bool = False,
     ) -> Session:
-        """Change attributes/metadata/counters; ``expected_version`` (If-Match) -> 412 on mismatch."""
-        s = await self._load(principal, session_id)
-        if expected_version is not None and s.version != expected_version:
-            raise PreconditionFailed(
-                f"session is at version {s.version}, not {expected_version}", current=s.to_dict()
-            )
-        try:
-            change = engine.update(
+        """Change attributes/metadata/counters; ``expected_version`` (If-Match) -> 412 on mismatch.
+
+        ``internal`` is for the kind's own services (features/): it may write reserved
+        metadata keys, which the generic API may not."""
+
+        def make(s: Session) -> Change:
+            return engine.update(
                 self.kind_of(s),
                 s,
                 actor=principal,
@@ -326,11 +387,10 @@ class Hub:
                 metadata=metadata,
                 merge_metadata=merge_metadata,
                 counters=counters,
+                allow_reserved=internal,
             )
-        except IllegalTransition as exc:
-            exc.extra.setdefault("current", s.to_dict())
-            raise
-        return await self.commit(change)
+
+        return await self._change(principal, session_id, expected_version, make)
 
     async def delete(self, session: Session) -> None:
         """Delete a session and its events (the scheduler's last step); publishes a tombstone."""
@@ -349,6 +409,7 @@ class Hub:
         async with self._lock(session.id):
             stored = await self.store.delete(session, tomb)
             self._hb_cache.pop(session.id, None)
+            self._written.pop(session.id, None)
             await self._publish(stored, None)
 
     async def heartbeat(self, principal: Principal, session_id: str) -> datetime:

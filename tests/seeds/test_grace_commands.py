@@ -184,3 +184,32 @@ async def test_bad_command_requests(client: httpx.AsyncClient, auth: Auth) -> No
     screen = (await client.post("/api/screen_share/start", json={}, headers=user)).json()
     r = await _submit(client, user, screen["session_id"], "ls", False)
     assert r.status_code == 404
+
+
+async def test_the_generic_api_cannot_forge_or_wipe_commands(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    """Commands are the kind's own record: a PATCH may neither write nor erase them."""
+    user = auth("user")
+    sid = await _start(client, user, "read_only")
+    assert (await _submit(client, user, sid, "cat /etc/hosts", False)).status_code == 200
+    forged = [{"id": "x", "command": "rm -rf /", "writes": True, "status": "approved"}]
+
+    # Writing the reserved key through the generic API is refused, at create and at update.
+    r = await client.patch(
+        f"/api/sessions/{sid}", json={"metadata": {"_commands": forged}}, headers=user
+    )
+    assert r.status_code == 422 and "_commands" in r.json()["detail"]
+    r = await client.post(
+        "/api/sessions",
+        json={"kind": "remote_access", "metadata": {"_commands": forged}},
+        headers=user,
+    )
+    assert r.status_code == 422
+
+    # Replacing the metadata keeps the commands.
+    r = await client.patch(f"/api/sessions/{sid}", json={"metadata": {"note": "hi"}}, headers=user)
+    assert r.status_code == 200, r.text
+    r = await client.get(f"/api/remote/{sid}/commands", headers=user)
+    assert [c["command"] for c in r.json()["commands"]] == ["cat /etc/hosts"]
+    assert all(not c["writes"] for c in r.json()["commands"])

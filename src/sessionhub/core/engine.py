@@ -55,6 +55,12 @@ def _event(
     )
 
 
+def _check_reserved(kind: Kind, given: JSON, allow_reserved: bool) -> None:
+    taken = sorted(kind.reserved_metadata & given.keys())
+    if taken and not allow_reserved:
+        raise InvalidInput(f"metadata key(s) {taken} are reserved by kind {kind.name!r}")
+
+
 def _check_metadata(metadata: Any) -> JSON:
     if not isinstance(metadata, Mapping):
         raise InvalidInput("metadata must be an object")
@@ -118,8 +124,11 @@ def create(
     actor: Principal,
     now: datetime,
     event_id: str,
+    allow_reserved: bool = False,
 ) -> Change:
-    """A new session in the kind's initial state, version 1."""
+    """A new session in the kind's initial state, version 1.
+
+    ``allow_reserved`` lets the kind's own services set its reserved metadata keys."""
     if not owner or len(owner) > 200:
         raise InvalidInput("owner must be a non-empty string of at most 200 characters")
     if owner != actor.sub and not actor.is_admin:
@@ -142,6 +151,7 @@ def create(
         attributes=attrs,
         metadata=_check_metadata(metadata),
     )
+    _check_reserved(kind, session.metadata, allow_reserved)
     _check_metadata_size(session.metadata)
     return Change(
         None, session, _event(kind, session, CREATED, actor, now, event_id, {"state": state})
@@ -197,6 +207,7 @@ def update(
     attributes: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     merge_metadata: bool = False,
+    allow_reserved: bool = False,
     counters: Mapping[str, int] | None = None,
 ) -> Change:
     """Change attributes, metadata and/or counters (increments) of a session."""
@@ -215,7 +226,13 @@ def update(
     meta = session.metadata
     if metadata is not None:
         given = _check_metadata(metadata)
-        meta = {**session.metadata, **given} if merge_metadata else given
+        _check_reserved(kind, given, allow_reserved)
+        if merge_metadata:
+            meta = {**session.metadata, **given}
+        else:
+            # Replacing keeps what the kind's services keep under reserved keys.
+            kept = {k: v for k, v in session.metadata.items() if k in kind.reserved_metadata}
+            meta = {**kept, **given}
         _check_metadata_size(meta)
         changes["metadata"] = sorted(given)
     ctrs = session.counters

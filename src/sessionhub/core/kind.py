@@ -72,6 +72,9 @@ class Kind:
     id_bytes: ClassVar[int] = 8
     #: States in which a heartbeat is accepted.
     heartbeat_states: ClassVar[frozenset[str] | None] = None
+    #: Metadata keys the kind's own services keep (e.g. ``_commands``): callers cannot set them
+    #: through the generic API, and replacing the metadata keeps them.
+    reserved_metadata: ClassVar[frozenset[str]] = frozenset()
     #: Whether the ``metadata`` of this kind is encrypted at rest when a key is configured.
     sensitive_metadata: ClassVar[bool] = False
 

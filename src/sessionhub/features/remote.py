@@ -117,6 +117,7 @@ async def _mutate(hub: Hub, principal: Principal, session_id: str, fn: Mutation)
                 session_id,
                 metadata={COMMANDS_KEY: _trim(commands, budget)},
                 merge_metadata=True,
+                internal=True,
                 counters=counters or None,
                 expected_version=s.version,
             )

@@ -95,6 +95,8 @@ class RemoteAccess(Kind):
 
     name = "remote_access"
     id_prefix = "remote"
+    # Commands live here (features/remote.py); the generic API may not touch them.
+    reserved_metadata = frozenset({"_commands"})
     id_bytes = 4
     attributes: ClassVar[Mapping[str, Attr]] = {
         "safety_mode": Attr(str, choices=SAFETY_MODES, default="supervised", mutable=False),

@@ -57,6 +57,11 @@ class Store(Protocol):
     - ``unpublished`` returns committed events not yet marked published, oldest first;
       ``mark_published`` is idempotent.
     - ``touch`` only moves ``last_activity_at`` forward and never bumps ``version``.
+    - Concurrent writes are independent: an implementation may commit several in one
+      transaction (SQLite's group commit does), but one write's failure (a lost
+      compare-and-set, a duplicate, any error) fails only that write and leaves none of its
+      rows behind, and a write is reported done only once it is durable; if the shared
+      transaction fails, every write in it fails.
     """
 
     url: str

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import logging
+import queue
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -44,17 +47,18 @@ class SqlStore:
     """``Store`` over SQLAlchemy Core.
 
     SQLite runs in WAL mode with ``synchronous=FULL`` (a commit is on disk when it returns)
-    and one writer at a time, serialised in-process by a lock so writers queue instead of
-    spinning on ``SQLITE_BUSY``. PostgreSQL uses a pool; compare-and-set on ``version``
-    keeps concurrent writers (and nodes) honest.
+    and one writer: writes queue in-process instead of spinning on ``SQLITE_BUSY``.
+    PostgreSQL uses a pool; compare-and-set on ``version`` keeps concurrent writers (and
+    nodes) honest.
 
     Every operation is written once, as a plain function of a synchronous connection, and
     run by ``_read``/``_write``. On PostgreSQL that function runs on the asyncpg connection
-    (``run_sync``). On SQLite it runs whole in one worker thread over the stdlib driver:
-    one thread hop per operation, where going through aiosqlite costs several per
-    statement (cursor, execute, fetch, close), which made SQLite changes several times
-    slower. ``engine`` (async) and ``_tx()`` stay available for features with tables of
-    their own; ``_tx()`` takes the same write lock.
+    (``run_sync``). On SQLite it runs whole in a thread over the stdlib driver (one thread
+    hop per operation, where aiosqlite costs several per statement): reads on a small
+    pool, writes on the group-commit writer (``_GroupWriter``), which commits every write
+    waiting in one transaction and one fsync. ``engine`` (async) and ``_tx()`` stay
+    available for features with tables of their own; on SQLite ``_tx()`` parks the writer
+    while it runs, so it still is the only writer.
     """
 
     def __init__(self, url: str, *, sealer: Sealer | None = None, pool_size: int = 10) -> None:
@@ -72,10 +76,10 @@ class SqlStore:
             raise ValueError(
                 f"unsupported database URL {url!r} (use sqlite+aiosqlite:/// or postgresql+asyncpg://)"
             )
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None  # among _tx() users
         self._closed = False
         self._sync: Engine | None = None
-        self._writer: ThreadPoolExecutor | None = None
+        self._writer: _GroupWriter | None = None
         self._readers: ThreadPoolExecutor | None = None
         if self.is_sqlite:
             self._sync = create_engine(
@@ -91,7 +95,8 @@ class SqlStore:
     async def start(self) -> None:
         self._closed = False
         if self.is_sqlite and self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sessionhub-sqlite-write")
+            assert self._sync is not None
+            self._writer = _GroupWriter(self._sync)
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="sessionhub-sqlite-read")
             path = self.engine.url.database
             if path and path != ":memory:":
@@ -107,10 +112,16 @@ class SqlStore:
 
     async def close(self) -> None:
         self._closed = True
-        for pool in (self._writer, self._readers):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._writer = self._readers = None
+        if self._writer is not None:
+            # Not while a _tx() holds the writer parked (it would never resume); stopping
+            # commits what is queued first, off the loop so their callers can be answered.
+            assert self._write_lock is not None
+            async with self._write_lock:
+                await asyncio.to_thread(self._writer.stop)
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        self._writer = None
+        self._readers = None
         if self._sync is not None:
             self._sync.dispose()
         await self.engine.dispose()
@@ -126,9 +137,29 @@ class SqlStore:
         if self._write_lock is None:
             async with self.engine.begin() as conn:
                 yield conn
-        else:
-            async with self._write_lock, self.engine.begin() as conn:
-                yield conn
+            return
+        async with self._write_lock:
+            resume = threading.Event()
+            try:
+                if self._writer is not None:
+                    await self._park(self._writer, resume)
+                async with self.engine.begin() as conn:
+                    yield conn
+            finally:
+                resume.set()
+
+    @staticmethod
+    async def _park(writer: _GroupWriter, resume: threading.Event) -> None:
+        """Hold the group writer between groups until ``resume`` is set."""
+        loop = asyncio.get_running_loop()
+        parked: asyncio.Future[None] = loop.create_future()
+
+        def park(_conn: Connection | None) -> None:
+            loop.call_soon_threadsafe(_set_done, parked)
+            resume.wait()
+
+        writer.submit(park, exclusive=True)
+        await parked
 
     async def _read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` on a connection outside any write transaction."""
@@ -142,9 +173,16 @@ class SqlStore:
         if self._sync is None:
             async with self._tx() as conn:
                 return await conn.run_sync(fn)
-        assert self._write_lock is not None
-        async with self._write_lock:
-            return await self._in_thread(self._writer, self._sync_write, fn)
+        if self._writer is None:
+            raise Unavailable("the store is not started")
+        return await self._writer.submit(fn)
+
+    async def _autocommit(self, fn: Callable[[Connection], T]) -> T:
+        """PostgreSQL: run ``fn``, one statement, as its own transaction (no BEGIN/COMMIT
+        round trips); it is durable when it returns."""
+        async with self.engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await auto.run_sync(fn)
 
     async def _in_thread(
         self,
@@ -159,11 +197,6 @@ class SqlStore:
     def _sync_read(self, fn: Callable[[Connection], T]) -> T:
         assert self._sync is not None
         with self._sync.connect() as conn:
-            return fn(conn)
-
-    def _sync_write(self, fn: Callable[[Connection], T]) -> T:
-        assert self._sync is not None
-        with self._sync.begin() as conn:
             return fn(conn)
 
     # -- rows ----------------------------------------------------------------------------
@@ -289,7 +322,13 @@ class SqlStore:
                 return None  # lost the compare-and-set: nothing written
             return self._append(conn, change.event)
 
-        stored = await self._write(run)
+        def run_pg(conn: Connection) -> Event | None:
+            for name, value in self._event_values(change.event).items():
+                values[f"e_{name}"] = value
+            seq = conn.execute(_PG_SAVE, values).scalar()
+            return None if seq is None else dataclasses.replace(change.event, seq=seq)
+
+        stored = await (self._write(run) if self.is_sqlite else self._autocommit(run_pg))
         if stored is not None:
             return stored
         current = await self.get(change.session.id)
@@ -481,6 +520,171 @@ class SqlStore:
         return done
 
 
+# -- SQLite group commit ---------------------------------------------------------------------
+
+
+class _Job:
+    """One queued write: ``fn`` to run in the batch transaction and where to report."""
+
+    __slots__ = ("exclusive", "fn", "future", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[[Connection], Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        exclusive: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+        self.exclusive = exclusive
+
+
+class _GroupWriter:
+    """SQLite's one writer: a thread that commits queued writes in groups.
+
+    Writers queue here instead of each taking a lock, a thread hop and a transaction of
+    its own. The thread takes every job waiting (up to ``max_batch``) and runs them in ONE
+    ``BEGIN IMMEDIATE ... COMMIT``, so one fsync covers the whole group, and it starts the
+    next group as soon as the last COMMIT returns, without waiting for the event loop.
+
+    Per-write semantics are kept with a SAVEPOINT around each job: a job that raises is
+    rolled back to its savepoint and fails alone (a compare-and-set that matches no row
+    simply writes nothing). Every caller learns its outcome only after the COMMIT, so a
+    result (or a failure computed against uncommitted rows) is never reported for a write
+    that is not durable; if BEGIN or COMMIT fails, every job of the group fails with that
+    error. ``exclusive`` jobs run alone, outside any transaction (``SqlStore._tx`` parks
+    the thread with one while it writes over another connection).
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 256) -> None:
+        self._engine = engine
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name="sessionhub-sqlite-write", daemon=True
+        )
+        self._stopping = False
+        #: Groups committed and jobs in them (tests and diagnostics).
+        self.groups = 0
+        self.jobs = 0
+        self._thread.start()
+
+    def submit(
+        self, fn: Callable[[Connection], T], *, exclusive: bool = False
+    ) -> asyncio.Future[T]:
+        """Queue ``fn``; the future resolves (on the caller's loop) after its group commits."""
+        if self._stopping:
+            raise Unavailable("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(fn, future, loop, exclusive))
+        return future
+
+    def queued(self) -> int:
+        """Jobs waiting for the thread (approximate while it runs)."""
+        return self._queue.qsize()
+
+    def stop(self) -> None:
+        """Finish every job queued so far, then end the thread."""
+        if not self._stopping:
+            self._stopping = True
+            self._queue.put(None)
+        self._thread.join()
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        held: _Job | None = None
+        while True:
+            job = held if held is not None else self._queue.get()
+            held = None
+            if job is None:
+                return
+            if job.exclusive:
+                self._finish([(job, *_call(job.fn, None))])
+                continue
+            batch = [job]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                if nxt.exclusive:
+                    held = nxt  # runs right after this group, in queue order
+                    break
+                batch.append(nxt)
+            self._finish(self._commit(batch))
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            with self._engine.connect() as conn:
+                # IMMEDIATE takes the write lock up front (waiting out busy_timeout behind
+                # another connection's writer) rather than failing on a later upgrade.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # Savepoints straight on the driver: they are per job, and SQLAlchemy's
+                # statement machinery would cost more than SQLite spends on them.
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                try:
+                    for job in batch:
+                        raw.execute("SAVEPOINT job")
+                        result, error = _call(job.fn, conn)
+                        if error is not None:
+                            raw.execute("ROLLBACK TO job")
+                        raw.execute("RELEASE job")
+                        outcomes.append((job, result, error))
+                    conn.commit()
+                except BaseException:
+                    conn.rollback()
+                    raise
+        except BaseException as exc:  # the group is not durable: every job fails
+            return [(job, None, exc) for job in batch]
+        self.groups += 1
+        self.jobs += len(batch)
+        return outcomes
+
+    @staticmethod
+    def _finish(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, items in by_loop.items():
+            # One wake-up of the loop per group, not one per job.
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, items)
+
+
+def _call(fn: Callable[[Connection], Any], conn: Any) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(conn), None
+    except Exception as exc:
+        return None, exc
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _resolve(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, result, error in items:
+        if job.future.done():
+            continue  # the caller was cancelled; the write stands or falls with its group
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+
+
 # Statements built once: executing them with a parameter dict reuses the compiled form,
 # where ``.values(**literals)`` per call would rebuild and re-key the statement each time.
 _INSERT_SESSION = sessions.insert()
@@ -495,6 +699,35 @@ _CAS_UPDATE = (
     )
 )
 
+# PostgreSQL's save in ONE statement (one round trip, atomic as any statement): the
+# compare-and-set UPDATE as a CTE, and the event inserted only for the row it moved.
+_PG_EVENT_COLUMNS = [c.name for c in events.c if c.name != "seq"]
+_PG_SAVE = (
+    events.insert()
+    .from_select(
+        _PG_EVENT_COLUMNS,
+        select(
+            *(bindparam(f"e_{n}", type_=events.c[n].type) for n in _PG_EVENT_COLUMNS)
+        ).select_from(
+            update(sessions)
+            .where(
+                and_(
+                    sessions.c.id == bindparam("b_id"), sessions.c.version == bindparam("b_version")
+                )
+            )
+            .values(
+                {
+                    c.name: bindparam(c.name, type_=c.type)
+                    for c in sessions.c
+                    if c.name not in ("id", "idempotency_key")
+                }
+            )
+            .returning(sessions.c.id)
+            .cte("moved")
+        ),
+    )
+    .returning(events.c.seq)
+)
 
 _NUL = "\x00"
 
