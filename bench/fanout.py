@@ -197,6 +197,7 @@ def start_server(name: str) -> Server | None:
     line = proc.stdout.readline()
     if b"ready" not in line:
         raise RuntimeError(f"{name} server did not start: {line!r}")
+    pin_server(proc.pid)
     # Wait for the port to accept.
     for _ in range(200):
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -291,7 +292,28 @@ class Stats:
     samples: list[int] = field(default_factory=list)
 
 
+#: With --pin, every server runs on CPU 0 and the load generator on the other CPUs, so the
+#: servers are compared on one core each and do not compete with their own subscribers.
+PIN_ENV = "FANOUT_LOADGEN_CPUS"
+
+
+def pin_server(pid: int) -> None:
+    """Pin every thread of the server process to CPU 0 (when --pin is on)."""
+    if not os.environ.get(PIN_ENV):
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {0})
+
+
+def pin_loadgen() -> None:
+    """Pin this load-generator process to the CPUs named in the environment."""
+    cpus = os.environ.get(PIN_ENV)
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
 def subscriber_process(conn: Any, port: int, path: str, n: int, hello: bytes) -> None:
+    pin_loadgen()
     import uvloop
 
     async def main() -> None:
@@ -330,6 +352,7 @@ def subscriber_process(conn: Any, port: int, path: str, n: int, hello: bytes) ->
 def publisher_process(
     port: int, path: str, hello: bytes, count: int, rate: float, out: Any
 ) -> None:
+    pin_loadgen()
     import uvloop
 
     async def main() -> None:
@@ -505,8 +528,18 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
+    ap.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=(os.cpu_count() or 1) >= 2,
+        help="servers on CPU 0, load generator on the others (default on with 2+ CPUs)",
+    )
     ap.add_argument("--servers", default="sessionhub,websockets,node")
     args = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cpus) >= 2:
+        # Inherited by the spawned subscriber and publisher processes.
+        os.environ[PIN_ENV] = ",".join(str(c) for c in cpus if c != 0) or "0"
     ns = [100, 1000]
     msgs = {100: 3000, 1000: 400} if args.quick else {100: 10000, 1000: 1500}
     lat_seconds = 2.0 if args.quick else 5.0
@@ -517,7 +550,13 @@ def main() -> None:
     node = {r.n: r for r in rows if r.server == "node"}
     print()
     print(
-        f"fan-out, ~300-byte messages, {os.cpu_count()} cores; latency at 10,000 deliveries/s offered"
+        f"fan-out, ~300-byte messages, {os.cpu_count()} cores"
+        + (
+            "; servers pinned to CPU 0, load generator to the rest"
+            if os.environ.get(PIN_ENV)
+            else ""
+        )
+        + "; latency at 10,000 deliveries/s offered"
     )
     print(
         "| server | N | delivered msg/s | × Node ws | lost | server CPU | load-gen CPU "

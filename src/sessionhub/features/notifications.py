@@ -45,7 +45,7 @@ from ..core.model import JSON, Event, iso
 from ..core.principal import Principal
 from ..hub import Hub
 from ..kinds.remote_access import NOTIFY_ADMINS
-from ..store.schema import events, notifications, webhook_deliveries
+from ..store.schema import notifications, webhook_deliveries
 from ..store.sql import SqlStore
 from .webhooks import WebhookConfig, WebhookDispatcher
 
@@ -216,40 +216,16 @@ class Notifier:
         last_seq = 0
         added = 0
         for _ in range(10_000):  # bounded: 5,000,000 events
-            stmt = (
-                select(events)
-                .where(
-                    and_(
-                        events.c.kind.in_(list(kinds)),
-                        events.c.at >= cutoff,
-                        events.c.seq > last_seq,
-                    )
-                )
-                .order_by(events.c.seq)
-                .limit(500)
+            batch = await self.store.events_since(
+                kinds=list(kinds), at_or_after=cutoff, after_seq=last_seq, limit=500
             )
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(stmt)).all()
-            if not rows:
+            if not batch:
                 break
-            for r in rows:
-                m = r._mapping
-                ev = Event(
-                    id=m["id"],
-                    type=m["type"],
-                    session_id=m["session_id"],
-                    kind=m["kind"],
-                    owner=m["owner"],
-                    actor=m["actor"],
-                    at=m["at"],
-                    version=m["version"],
-                    data=orjson.loads(self.store.sealer.open(m["data"])),
-                    seq=m["seq"],
-                )
+            for ev in batch:
                 notes = kinds[ev.kind].notifications(ev, None)
                 if notes:
                     added += await self.store_and_push(ev, notes)
-            last_seq = rows[-1]._mapping["seq"]
+            last_seq = batch[-1].seq or last_seq
         if added:
             log.info("catch-up stored %d missing notifications", added)
         return added

@@ -103,6 +103,12 @@ class Store(Protocol):
 
     async def unpublished(self, limit: int = 500) -> list[Event]: ...
 
+    async def events_since(
+        self, *, kinds: Sequence[str], at_or_after: datetime, after_seq: int = 0, limit: int = 500
+    ) -> list[Event]:
+        """A page of events of ``kinds`` at or after a time, by ``seq`` (for rebuilding
+        derived records such as notifications after a crash)."""
+
     async def mark_published(self, seqs: Sequence[int]) -> None: ...
 
     async def touch(self, activity: Mapping[str, datetime]) -> int:

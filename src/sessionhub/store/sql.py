@@ -477,6 +477,24 @@ class SqlStore:
         rows = await self._read(lambda conn: conn.execute(stmt).all())
         return [self._event(r) for r in rows]
 
+    async def events_since(
+        self, *, kinds: Sequence[str], at_or_after: datetime, after_seq: int = 0, limit: int = 500
+    ) -> list[Event]:
+        """Events of ``kinds`` stamped at or after ``at_or_after`` with ``seq > after_seq``,
+        oldest first: a page of a scan that services use to rebuild derived records."""
+        stmt = (
+            select(events)
+            .where(
+                events.c.kind.in_(list(kinds)),
+                events.c.at >= at_or_after,
+                events.c.seq > after_seq,
+            )
+            .order_by(events.c.seq)
+            .limit(limit)
+        )
+        rows = await self._read(lambda conn: conn.execute(stmt).all())
+        return [self._event(r) for r in rows]
+
     async def due(self, due: Due) -> list[Session]:
         column = sessions.c[due.column]
         stmt = (
