@@ -283,3 +283,16 @@ async def test_nul_characters_never_reach_the_database(
     assert r.status_code == 200 and r.json()["items"] == []
     r = await client.get("/api/sessions/count?owner=a%00b", headers=admin)
     assert r.json()["count"] == 0
+
+
+async def test_the_sign_in_link_lands_on_a_page_that_shows_the_token(
+    client: httpx.AsyncClient,
+) -> None:
+    """`sessionhub serve` prints <url>/?token=...: that page must exist and lead to the docs."""
+    r = await client.get("/?token=abc.def.ghi")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert 'href="/docs"' in r.text
+    # The token is read from the query by the page's script, not echoed into the HTML.
+    assert "abc.def.ghi" not in r.text
+    assert 'get("token")' in r.text
