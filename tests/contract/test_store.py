@@ -532,13 +532,13 @@ async def test_concurrent_writers_all_commit(store: SqlStore) -> None:
 async def queued(store: SqlStore, writes: int) -> AsyncIterator[None]:
     """Let the ``writes`` started inside the block queue up, then release them together.
 
-    On SQLite, ``_tx()`` parks the group writer, so everything queued meanwhile is committed
+    On SQLite, ``transaction()`` parks the group writer, so everything queued meanwhile is committed
     as ONE group when the block ends. PostgreSQL has no group writer (a pool of concurrent
     transactions); there the same tests check the same per-write outcomes."""
     if not store.is_sqlite:
         yield
         return
-    async with store._tx():
+    async with store.transaction():
         yield
         writer = store._writer
         assert writer is not None
@@ -680,11 +680,11 @@ async def test_a_group_whose_commit_fails_fails_every_write_in_it(tmp_path: Path
 
 
 async def test_tx_excludes_the_group_writer(store: SqlStore) -> None:
-    """``_tx()`` (features' own tables) is the only writer while it runs: a save queued
+    """``transaction()`` (features' own tables) is the only writer while it runs: a save queued
     meanwhile waits for it and then commits."""
     c = created()
     await store.insert(c)
-    async with store._tx() as conn:
+    async with store.transaction() as conn:
         task = asyncio.ensure_future(store.save(acted(c.session)))
         for _ in range(5):
             await asyncio.sleep(0)

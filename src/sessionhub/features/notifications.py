@@ -116,7 +116,9 @@ class Notifier:
     ) -> Notifier:
         """A notifier feeding a webhook dispatcher (``notifier.webhooks``) on the same store."""
         notifier = cls(hub, catchup=catchup)
-        notifier.webhooks = WebhookDispatcher(notifier.engine, config, clock=hub.clock)
+        notifier.webhooks = WebhookDispatcher(
+            notifier.engine, config, clock=hub.clock, transaction=notifier.store.transaction
+        )
         return notifier
 
     def install(self) -> None:
@@ -174,7 +176,7 @@ class Notifier:
         fresh: list[tuple[str, bytes]] = []
         enqueued = False
         now = self.hub.clock()
-        async with self.engine.begin() as conn:
+        async with self.store.transaction() as conn:
             for i, note in enumerate(notes):
                 recipients = [event.owner]
                 if note.get(NOTIFY_ADMINS):
@@ -311,7 +313,7 @@ class Notifier:
         where: list[Any] = [notifications.c.user_id.in_(users), notifications.c.read_at.is_(None)]
         if not everything:
             where.append(notifications.c.id.in_(list(ids or ())))
-        async with self.engine.begin() as conn:
+        async with self.store.transaction() as conn:
             result = await conn.execute(
                 update(notifications).where(and_(*where)).values(read_at=self.hub.clock())
             )

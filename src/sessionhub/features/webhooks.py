@@ -38,6 +38,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,7 +47,7 @@ from typing import Any
 import httpx
 import orjson
 from sqlalchemy import and_, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .. import __version__
 from ..core.model import JSON, iso
@@ -160,8 +161,11 @@ class WebhookDispatcher:
         *,
         clock: Callable[[], datetime],
         client: httpx.AsyncClient | None = None,
+        transaction: Callable[[], AbstractAsyncContextManager[AsyncConnection]] | None = None,
     ) -> None:
         self.engine = engine
+        # The store's own write transaction (on SQLite: the only writer); plain otherwise.
+        self._transaction = transaction or engine.begin
         self.config = config
         self.clock = clock
         self._client = client
@@ -257,7 +261,7 @@ class WebhookDispatcher:
         # Claim: whoever moves ``attempts`` first sends this attempt; the lease covers the
         # request timeout so a node that dies mid-request is retried later by another.
         lease = now + timedelta(seconds=cfg.timeout + cfg.delay(attempt))
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             claimed = await conn.execute(
                 update(webhook_deliveries)
                 .where(
@@ -307,7 +311,7 @@ class WebhookDispatcher:
                 "next_attempt_at": done_at + timedelta(seconds=cfg.delay(attempt)),
                 "last_error": error,
             }
-        async with self.engine.begin() as conn:
+        async with self._transaction() as conn:
             await conn.execute(
                 update(webhook_deliveries)
                 .where(webhook_deliveries.c.id == row["id"])

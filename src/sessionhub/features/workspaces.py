@@ -91,7 +91,7 @@ class ChatStore:
             "created_at": now,
         }
         # The store's write transaction: on SQLite it queues behind other writers in-process.
-        async with self._store._tx() as conn:
+        async with self._store.transaction() as conn:
             result = await conn.execute(chat_messages.insert().values(**values))
             seq = result.inserted_primary_key[0] if result.inserted_primary_key else None
             position = (
@@ -143,7 +143,7 @@ class ChatStore:
         return await self.read(session_id, offset=offset, limit=limit), total
 
     async def delete_session(self, session_id: str) -> int:
-        async with self._store._tx() as conn:
+        async with self._store.transaction() as conn:
             result = await conn.execute(
                 chat_messages.delete().where(chat_messages.c.session_id == session_id)
             )

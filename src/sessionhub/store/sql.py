@@ -56,8 +56,8 @@ class SqlStore:
     (``run_sync``). On SQLite it runs whole in a thread over the stdlib driver (one thread
     hop per operation, where aiosqlite costs several per statement): reads on a small
     pool, writes on the group-commit writer (``_GroupWriter``), which commits every write
-    waiting in one transaction and one fsync. ``engine`` (async) and ``_tx()`` stay
-    available for features with tables of their own; on SQLite ``_tx()`` parks the writer
+    waiting in one transaction and one fsync. ``engine`` (async) and ``transaction()`` stay
+    available for features with tables of their own; on SQLite ``transaction()`` parks the writer
     while it runs, so it still is the only writer.
     """
 
@@ -76,7 +76,7 @@ class SqlStore:
             raise ValueError(
                 f"unsupported database URL {url!r} (use sqlite+aiosqlite:/// or postgresql+asyncpg://)"
             )
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None  # among _tx() users
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None  # among transaction() users
         self._closed = False
         self._sync: Engine | None = None
         self._writer: _GroupWriter | None = None
@@ -113,7 +113,7 @@ class SqlStore:
     async def close(self) -> None:
         self._closed = True
         if self._writer is not None:
-            # Not while a _tx() holds the writer parked (it would never resume); stopping
+            # Not while a transaction() holds the writer parked (it would never resume); stopping
             # commits what is queued first, off the loop so their callers can be answered.
             assert self._write_lock is not None
             async with self._write_lock:
@@ -133,7 +133,10 @@ class SqlStore:
         await self._read(lambda conn: conn.execute(select(1)).scalar_one())
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction of its own (for services keeping side tables: chat,
+        notifications, webhooks). On SQLite the group writer is paused meanwhile, so this
+        is still the only writer and never waits on SQLITE_BUSY."""
         if self._write_lock is None:
             async with self.engine.begin() as conn:
                 yield conn
@@ -171,7 +174,7 @@ class SqlStore:
     async def _write(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in one transaction: committed if it returns, rolled back if it raises."""
         if self._sync is None:
-            async with self._tx() as conn:
+            async with self.transaction() as conn:
                 return await conn.run_sync(fn)
         if self._writer is None:
             raise Unavailable("the store is not started")
@@ -520,7 +523,7 @@ class SqlStore:
         ):
             last: Any = None
             while True:
-                async with self._tx() as conn:
+                async with self.transaction() as conn:
                     stmt = select(key, table.c[col]).order_by(key).limit(batch)
                     if last is not None:
                         stmt = stmt.where(key > last)
@@ -572,7 +575,7 @@ class _GroupWriter:
     simply writes nothing). Every caller learns its outcome only after the COMMIT, so a
     result (or a failure computed against uncommitted rows) is never reported for a write
     that is not durable; if BEGIN or COMMIT fails, every job of the group fails with that
-    error. ``exclusive`` jobs run alone, outside any transaction (``SqlStore._tx`` parks
+    error. ``exclusive`` jobs run alone, outside any transaction (``SqlStore.transaction`` parks
     the thread with one while it writes over another connection).
     """
 
