@@ -14,7 +14,7 @@ import logging
 import secrets
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +31,7 @@ from .core.errors import (
     InvalidInput,
     NotFound,
     PreconditionFailed,
+    SessionHubError,
     VersionConflict,
 )
 from .core.kind import Kind
@@ -411,6 +412,29 @@ class Hub:
             self._hb_cache.pop(session.id, None)
             self._written.pop(session.id, None)
             await self._publish(stored, None)
+
+    async def apply_due(
+        self, sessions: Iterable[Session], action: str, reason: str | None, before: datetime
+    ) -> list[str]:
+        """Apply the system action ``action`` to sessions a sweep found due; returns the ids
+        changed.
+
+        A session whose coalesced heartbeat (not yet flushed) is newer than ``before`` is
+        skipped. Each change is compare-and-set on the version the session was read at, so a
+        session changed meanwhile (by its user or another node) is left for the next sweep."""
+        done: list[str] = []
+        for s in sessions:
+            pending = self.pending_activity(s.id)
+            if pending is not None and pending >= before:
+                continue
+            try:
+                await self.act(
+                    SYSTEM_PRINCIPAL, s.id, action, reason=reason, expected_version=s.version
+                )
+                done.append(s.id)
+            except SessionHubError as exc:
+                log.debug("%s skipped for %s: %s", action, s.id, exc.detail)
+        return done
 
     async def heartbeat(self, principal: Principal, session_id: str) -> datetime:
         """Record that the session is alive. Coalesced in memory; flushed by the scheduler."""

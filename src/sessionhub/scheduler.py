@@ -13,9 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .core.errors import SessionHubError
 from .core.kind import Kind
-from .core.principal import SYSTEM_PRINCIPAL
 from .hub import Hub
 from .store.base import Due
 
@@ -155,17 +153,5 @@ class Scheduler:
         action: str,
         reason: str | None,
     ) -> list[str]:
-        done: list[str] = []
-        for s in await self.hub.store.due(Due(kind.name, states, column, before)):
-            pending = self.hub.pending_activity(s.id)
-            if pending is not None and pending >= before:
-                continue  # a heartbeat arrived after the flush
-            try:
-                await self.hub.act(
-                    SYSTEM_PRINCIPAL, s.id, action, reason=reason, expected_version=s.version
-                )
-                done.append(s.id)
-            except SessionHubError as exc:
-                # Changed under us (or the action is not possible now): next sweep re-reads it.
-                log.debug("sweep skipped %s: %s", s.id, exc.detail)
-        return done
+        due = await self.hub.store.due(Due(kind.name, states, column, before))
+        return await self.hub.apply_due(due, action, reason, before)

@@ -444,35 +444,18 @@ class WorkspaceService:
                 break
         return out
 
-    async def _apply(
-        self, sessions: list[Session], action: str, reason: str | None, before: datetime
-    ) -> list[str]:
-        done: list[str] = []
-        for s in sessions:
-            pending = self.hub.pending_activity(s.id)
-            if pending is not None and pending >= before:
-                continue
-            try:
-                await self.hub.act(
-                    SYSTEM_PRINCIPAL, s.id, action, reason=reason, expected_version=s.version
-                )
-                done.append(s.id)
-            except SessionHubError as exc:
-                log.debug("clean-up skipped %s: %s", s.id, exc.detail)
-        return done
-
     async def abandon_inactive(self, older_than: timedelta) -> list[str]:
         """Active workspaces without activity for ``older_than`` -> abandoned (idle_timeout)."""
         await self.hub.flush_heartbeats()
         before = self.hub.clock() - older_than
         due = await self._due(frozenset({ACTIVE}), "last_activity_at", before)
-        return await self._apply(due, "abandon", "idle_timeout", before)
+        return await self.hub.apply_due(due, "abandon", "idle_timeout", before)
 
     async def archive_abandoned(self, older_than: timedelta) -> list[str]:
         """Workspaces abandoned for ``older_than`` -> archived."""
         before = self.hub.clock() - older_than
         due = await self._due(frozenset({ABANDONED}), "updated_at", before)
-        return await self._apply(due, "archive", None, before)
+        return await self.hub.apply_due(due, "archive", None, before)
 
     async def delete_archived(self, older_than: timedelta) -> list[str]:
         """Workspaces archived for ``older_than`` -> deleted, with their chat."""
