@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -10,9 +11,11 @@ import httpx
 import orjson
 import pytest
 from sqlalchemy import delete, func, select, update
+from tests.inprocess import serve_in_process
 
 from conftest import FakeClock
 from sessionhub.broker.base import Publication
+from sessionhub.features import notifications as notifications_module
 from sessionhub.features.notifications import ADMIN_TOPIC, Notifier
 from sessionhub.server.runtime import Runtime
 from sessionhub.store.schema import events, notifications
@@ -261,3 +264,42 @@ async def test_idempotent_storage_on_postgresql(postgres_url: str, tmp_path: Any
             assert await _all(client, headers) == listed
             assert notifier.webhooks is not None
             assert await notifier.webhooks.count_pending() == 2  # one per notification
+
+
+async def test_a_burst_beyond_the_queue_is_rebuilt_not_lost(
+    settings: Any, make_runtime: Any, auth: Auth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-memory queue is bounded; events that do not fit are re-derived from the log."""
+    monkeypatch.setattr(notifications_module, "MAX_QUEUE", 1)
+    runtime = make_runtime(settings)
+    user = auth("user")
+    async with serve_in_process(runtime) as client:
+        notifier = _notifier(runtime)
+        # First one notification through the queue: the worker is then past its start-up
+        # catch-up, so only the overflow path can bring back what does not fit below.
+        assert (await client.post("/api/remote/start", json={}, headers=user)).status_code == 200
+        for _ in range(100):  # bounded: 5 s
+            if await _count(runtime) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await _count(runtime) == 1
+        gate = asyncio.Event()
+        store_and_push = notifier.store_and_push
+
+        async def slow(event: Any, notes: Any) -> int:
+            await gate.wait()  # a database that cannot keep up
+            return await store_and_push(event, notes)
+
+        monkeypatch.setattr(notifier, "store_and_push", slow)
+        for _ in range(6):
+            r = await client.post("/api/remote/start", json={}, headers=user)
+            assert r.status_code == 200  # never blocked by the notification backlog
+        assert notifier.overflows >= 4  # one in the worker, one queued, the rest did not fit
+        gate.set()
+        for _ in range(100):  # bounded: 5 s
+            if await _count(runtime) == 7:
+                break
+            await asyncio.sleep(0.05)
+        stored = await _all(client, user)
+        assert len(stored) == 7 and len({n["id"] for n in stored}) == 7
+        assert {n["event"] for n in stored} == {"remote_session_started"}

@@ -57,6 +57,8 @@ ADMINS = "@admins"
 ADMIN_TOPIC = "admin:notifications"
 #: How far before the newest stored notification the start-up catch-up looks.
 CATCHUP_MARGIN = timedelta(minutes=5)
+#: Events waiting for their notifications to be stored, at most.
+MAX_QUEUE = 10_000
 
 
 def user_topic(user: str) -> str:
@@ -106,7 +108,11 @@ class Notifier:
         self.engine: AsyncEngine = store.engine
         self.webhooks = webhooks
         self.catchup = catchup
-        self._queue: asyncio.Queue[tuple[Event, list[JSON]]] = asyncio.Queue()
+        # Bounded: a burst beyond it is not dropped but rebuilt from the event log (the
+        # events are durable), by a catch-up from the first event that did not fit.
+        self._queue: asyncio.Queue[tuple[Event, list[JSON]]] = asyncio.Queue(MAX_QUEUE)
+        self._overflow_since: datetime | None = None
+        self.overflows = 0
         self._task: asyncio.Task[None] | None = None
         self.stored = 0
 
@@ -132,7 +138,12 @@ class Notifier:
             return
         notes = kind.notifications(event, change.before if change is not None else None)
         if notes:
-            self._queue.put_nowait((event, notes))
+            try:
+                self._queue.put_nowait((event, notes))
+            except asyncio.QueueFull:
+                self.overflows += 1
+                if self._overflow_since is None or event.at < self._overflow_since:
+                    self._overflow_since = event.at
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sessionhub-notifications")
@@ -170,6 +181,13 @@ class Notifier:
                         await asyncio.sleep(0.1 * (attempt + 1))
             finally:
                 self._queue.task_done()
+            if self._overflow_since is not None and self._queue.empty():
+                since, self._overflow_since = self._overflow_since, None
+                try:
+                    await self.catch_up(since=since)
+                except Exception:
+                    log.exception("notification catch-up after an overflow failed")
+                    self._overflow_since = since
 
     async def store_and_push(self, event: Event, notes: Sequence[JSON]) -> int:
         """Store the notifications of one event (idempotent) and push the new ones."""
@@ -205,16 +223,21 @@ class Notifier:
             self.webhooks.wake()
         return len(fresh)
 
-    async def catch_up(self) -> int:
-        """Store notifications of recent events that have none (after a crash)."""
+    async def catch_up(self, *, since: datetime | None = None) -> int:
+        """Store notifications of recent events that have none: after a crash (from the
+        newest stored notification, at most ``catchup`` back) or, with ``since``, after the
+        in-memory queue overflowed (from the first event that did not fit)."""
         kinds = {n: k for n, k in self.hub.kinds.items() if _has_notifications(k)}
         if not kinds:
             return 0
-        cutoff = self.hub.clock() - self.catchup
-        async with self.engine.connect() as conn:
-            newest = (await conn.execute(select(func.max(notifications.c.created_at)))).scalar()
-        if isinstance(newest, datetime):
-            cutoff = max(cutoff, _aware(newest) - CATCHUP_MARGIN)
+        if since is not None:
+            cutoff = since
+        else:
+            cutoff = self.hub.clock() - self.catchup
+            async with self.engine.connect() as conn:
+                newest = (await conn.execute(select(func.max(notifications.c.created_at)))).scalar()
+            if isinstance(newest, datetime):
+                cutoff = max(cutoff, _aware(newest) - CATCHUP_MARGIN)
         last_seq = 0
         added = 0
         for _ in range(10_000):  # bounded: 5,000,000 events
