@@ -75,8 +75,6 @@ class Kind:
     #: Metadata keys the kind's own services keep (e.g. ``_commands``): callers cannot set them
     #: through the generic API, and replacing the metadata keeps them.
     reserved_metadata: ClassVar[frozenset[str]] = frozenset()
-    #: Whether the ``metadata`` of this kind is encrypted at rest when a key is configured.
-    sensitive_metadata: ClassVar[bool] = False
 
     def initial_state(self, attributes: JSON) -> str:
         """The state a new session starts in; by default the first initial state."""

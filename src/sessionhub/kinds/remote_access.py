@@ -118,8 +118,8 @@ class RemoteAccess(Kind):
     heartbeat_timeout = timedelta(minutes=5)
     # A session waiting for an admin is not expected to heartbeat, so it is never dropped.
     heartbeat_states = frozenset({"active"})
-    # Commands (text an agent runs on someone's machine) live in the metadata.
-    sensitive_metadata = True
+    # Commands (text an agent runs on someone's machine) live in the metadata, which the
+    # store encrypts at rest like every session's when SESSIONHUB_ENCRYPTION_KEYS is set.
 
     def initial_state(self, attributes: JSON) -> str:
         return "pending_approval" if attributes.get("safety_mode") == "autonomous" else "active"

@@ -62,7 +62,6 @@ class Workspace(Kind):
     delete_after = timedelta(days=90)
     delete_from = frozenset({ARCHIVED})
     heartbeat_states = frozenset({ACTIVE})
-    sensitive_metadata = True
 
     def view(self, session: Session) -> JSON:
         """JamBot's ``UserSession`` record fields (``id``, ``created_at``, ``updated_at`` and
