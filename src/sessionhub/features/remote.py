@@ -2,7 +2,8 @@
 
 Commands are kept in the session's metadata under the reserved key ``_commands`` (a list,
 oldest first), so they live in the existing sessions table, are encrypted at rest with the
-metadata when a key is configured (``remote_access`` marks its metadata sensitive), and
+metadata when a key is configured, cannot be set or erased through the generic API
+(``RemoteAccess.reserved_metadata``), and
 every change to them is one ``session.updated`` event on the session's topics (an agent
 subscribed to ``session:<id>`` sees approvals live). Each change is a compare-and-set on
 the session version, retried a few times, so concurrent submissions never lose a command.
