@@ -11,6 +11,7 @@ otherwise answer ``/api/sessions/active`` and ``/api/sessions/history``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -171,6 +172,20 @@ def screen_status(runtime: Runtime, s: Session) -> JSON:
 
 def _status(runtime: Runtime, s: Session) -> JSON:
     return remote_status(runtime.hub, s) if s.kind == REMOTE else screen_status(runtime, s)
+
+
+async def _listing(
+    runtime: Runtime,
+    principal: Principal,
+    states: Iterable[str],
+    limit: int,
+    shape: Callable[[Runtime, Session], JSON],
+) -> tuple[list[JSON], int]:
+    """Both kinds' sessions in ``states`` the caller may see, newest first, in ``shape``;
+    and how many there are in all."""
+    q = SessionQuery(kinds=tuple(KINDS), states=tuple(states), limit=limit)
+    page = await runtime.hub.list_sessions(principal, q)
+    return [shape(runtime, s) for s in page.items], await runtime.hub.count(principal, q)
 
 
 def _history_item(runtime: Runtime, s: Session) -> JSON:
@@ -407,13 +422,8 @@ async def sessions_active(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> JSON:
     """Yours (admins: everyone's), newest first, each in its status shape."""
-    hub = runtime.hub
-    q = SessionQuery(kinds=tuple(KINDS), states=LIVE_STATES, limit=limit)
-    page = await hub.list_sessions(principal, q)
-    return {
-        "active_sessions": [_status(runtime, s) for s in page.items],
-        "total": await hub.count(principal, q),
-    }
+    items, total = await _listing(runtime, principal, LIVE_STATES, limit, _status)
+    return {"active_sessions": items, "total": total}
 
 
 @router.post("/sessions/heartbeat/{session_id}", summary="Keep a session alive")
@@ -441,10 +451,5 @@ async def sessions_history(
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JSON:
-    hub = runtime.hub
-    q = SessionQuery(kinds=tuple(KINDS), states=ENDED_STATES, limit=limit)
-    page = await hub.list_sessions(principal, q)
-    return {
-        "history": [_history_item(runtime, s) for s in page.items],
-        "total": await hub.count(principal, q),
-    }
+    items, total = await _listing(runtime, principal, ENDED_STATES, limit, _history_item)
+    return {"history": items, "total": total}
