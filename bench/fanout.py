@@ -13,8 +13,8 @@ server and N in (100, 1000):
   to show the subscribers' processes are not the bottleneck;
 * server RSS per idle connection (N = 1000 connected and subscribed, idle).
 
-Subscribers live in separate processes (asyncio + uvloop, a minimal WebSocket client that
-counts message markers in the byte stream). Usage: ``python bench/fanout.py [--quick]``.
+Subscribers live in separate processes (a bare epoll loop over plain sockets, counting
+message markers in the byte stream), which read faster than any of the servers write. Usage: ``python bench/fanout.py [--quick]``.
 Needs ``node`` and ``npm install`` (package.json: ``ws``) for the Node column.
 """
 
@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret-0123456789abcdef0123456789"
 MARK = b'"bm":'
-STAMP = re.compile(rb'"bm":(\d+),"t":(\d+)')
+# The trailing comma: a stamp cut off mid-number by a read boundary must not match.
+STAMP = re.compile(rb'"bm":(\d+),"t":(\d+),')
 PAD = "x" * 240  # brings a message to ~300 bytes
 
 NODE_SERVER = r"""
@@ -237,61 +238,6 @@ def handshake(port: int, path: str) -> bytes:
     ).encode()
 
 
-class Sub(asyncio.Protocol):
-    """Counts messages by their marker; in latency mode also reads their stamps."""
-
-    def __init__(self, stats: Stats, hello: bytes) -> None:
-        self.stats = stats
-        self.hello = hello
-        self.open = False
-        self.ready = False
-        self.tail = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        st = self.stats
-        if not self.ready:
-            if not self.open:
-                if b"\r\n\r\n" not in data:
-                    return
-                self.open = True
-                if self.hello and self.transport is not None:
-                    self.transport.write(self.hello)
-                else:
-                    self.ready = True
-                    st.ready += 1
-            if not self.ready and b'"subscribe":{' in data:
-                self.ready = True
-                st.ready += 1
-            return
-        buf = self.tail + data
-        st.count += buf.count(MARK)
-        st.last_ns = time.monotonic_ns()
-        if st.latency:
-            now = st.last_ns
-            end = 0
-            for m in STAMP.finditer(buf):
-                st.samples.append(now - int(m.group(2)))
-                end = m.end()
-            self.tail = buf[max(end, len(buf) - 64) :] if end < len(buf) else b""
-            # The marker count above would double count a marker kept in the tail.
-            st.count -= self.tail.count(MARK)
-        else:
-            self.tail = buf[-(len(MARK) - 1) :]
-
-
-@dataclass
-class Stats:
-    count: int = 0
-    ready: int = 0
-    last_ns: int = 0
-    latency: bool = False
-    samples: list[int] = field(default_factory=list)
-
-
 #: With --pin, every server runs on CPU 0 and the load generator on the other CPUs, so the
 #: servers are compared on one core each and do not compete with their own subscribers.
 PIN_ENV = "FANOUT_LOADGEN_CPUS"
@@ -305,48 +251,97 @@ def pin_server(pid: int) -> None:
         os.sched_setaffinity(int(tid), {0})
 
 
-def pin_loadgen() -> None:
-    """Pin this load-generator process to the CPUs named in the environment."""
+def pin_loadgen() -> bool:
+    """Pin this load-generator process to the CPUs named in the environment; whether it was."""
     cpus = os.environ.get(PIN_ENV)
     if cpus:
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    return bool(cpus)
 
 
 def subscriber_process(conn: Any, port: int, path: str, n: int, hello: bytes) -> None:
-    pin_loadgen()
-    import uvloop
+    """One load-generator process: ``n`` subscribers read by a bare epoll loop.
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        st = Stats()
-        transports = []
-        for i in range(n):
-            t, _ = await loop.create_connection(lambda: Sub(st, hello), "127.0.0.1", port)
-            t.write(handshake(port, path))
-            transports.append(t)
-            if i % 50 == 49:
-                await asyncio.sleep(0.02)
-        deadline = time.monotonic() + 30
-        while st.ready < n and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll
-            await asyncio.sleep(0.01)
-        conn.send(("ready", st.ready))
-        while True:
-            cmd = await loop.run_in_executor(None, conn.recv)
-            if cmd[0] == "measure":
-                _, expected, limit, latency = cmd
-                st.count, st.last_ns, st.samples, st.latency = 0, 0, [], latency
-                cpu0 = time.process_time()
-                end = time.monotonic() + limit
-                while st.count < expected and time.monotonic() < end:  # noqa: ASYNC110
-                    await asyncio.sleep(0.005)
-                conn.send((st.count, st.last_ns, time.process_time() - cpu0, st.samples))
-            elif cmd[0] == "close":
-                for t in transports:
-                    t.abort()
-                conn.send("closed")
-                return
+    No event loop and no per-connection object: a readable socket costs one ``epoll`` entry,
+    one ``recv`` and a ``bytes.count`` (a regex over the stamps in latency mode), so that
+    these processes read faster than any of the servers write and the latency measured is
+    the server's, not the load generator's.
+    """
+    import select
 
-    uvloop.run(main())
+    spin = pin_loadgen()
+    socks: dict[int, socket.socket] = {}
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(handshake(port, path))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("server closed during the handshake")
+            head += chunk
+        if hello:
+            s.sendall(hello)
+            seen = head
+            while b'"subscribe":{' not in seen:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("server closed during subscribe")
+                seen += chunk
+        s.setblocking(False)
+        socks[s.fileno()] = s
+        if i % 50 == 49:
+            time.sleep(0.02)
+    ep = select.epoll()
+    for fd in socks:
+        ep.register(fd, select.EPOLLIN)
+    ctl = conn.fileno()
+    ep.register(ctl, select.EPOLLIN)
+    conn.send(("ready", len(socks)))
+    tails: dict[int, bytes] = dict.fromkeys(socks, b"")
+    mark_keep = len(MARK) - 1
+    while True:
+        cmd = conn.recv()
+        if cmd[0] == "close":
+            for s in socks.values():
+                s.close()
+            conn.send("closed")
+            return
+        _, expected, limit, latency = cmd
+        count, last_ns, samples = 0, 0, []
+        cpu0 = time.process_time()
+        end = time.monotonic() + limit
+        # Measuring latency on a core of its own (--pin), the reader polls without sleeping:
+        # a sleeping reader costs a wake-up per delivery that would count as the server's
+        # latency. The throughput phase sleeps when idle, so its CPU column means something.
+        timeout = 0.0 if spin and latency else 0.05
+        while count < expected and time.monotonic() < end:
+            for fd, _ev in ep.poll(timeout, 4096):
+                if fd == ctl:
+                    continue
+                try:
+                    data = socks[fd].recv(65536)  # below malloc's mmap threshold
+                except BlockingIOError:
+                    continue
+                now = time.monotonic_ns()
+                buf = tails[fd] + data if tails[fd] else data
+                if latency:
+                    stop = 0
+                    for m in STAMP.finditer(buf):
+                        samples.append(now - int(m.group(2)))
+                        count += 1
+                        stop = m.end()
+                    # An unfinished stamp at the end is read with the next chunk.
+                    rest = buf[stop:]
+                    at = rest.rfind(MARK)
+                    tails[fd] = rest[at:] if at >= 0 else rest[-mark_keep:]
+                else:
+                    # A kept tail is shorter than the marker, so every marker counted here
+                    # is a new one.
+                    count += buf.count(MARK)
+                    tails[fd] = buf[-mark_keep:]
+                last_ns = now
+        conn.send((count, last_ns, time.process_time() - cpu0, samples))
 
 
 def publisher_process(
@@ -428,98 +423,125 @@ def pct(values: list[int], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] / 1e6
 
 
-def run_server(name: str, ns: list[int], msgs: dict[int, int], lat_seconds: float) -> list[Row]:
-    server = start_server(name)
-    if server is None:
-        return []
-    rows = []
+@dataclass
+class Fleet:
+    """One server's subscriber processes for one N."""
+
+    server: Server
+    row: Row
+    pipes: list[Any]
+    workers: list[Any]
+    per: list[int]
+    samples: list[int]
+
+
+def hellos(server: Server) -> tuple[bytes, bytes]:
+    """The subscribers' and the publisher's first frames (Centrifugo protocol only)."""
+    if not server.centrifuge:
+        return b"", b""
+    connect = client_frame(orjson.dumps({"id": 1, "connect": {"token": admin_token()}}))
+    subscribe = client_frame(orjson.dumps({"id": 2, "subscribe": {"channel": "bench"}}))
+    return connect + subscribe, connect
+
+
+def phase(
+    ctx: Any, fleet: Fleet, count: int, rate: float, latency: bool, limit: float
+) -> tuple[list[Any], int, float]:
+    """One publisher run against one server: its subscribers' results, start, server CPU."""
+    server = fleet.server
+    q = ctx.Queue()
+    for a, k in zip(fleet.pipes, fleet.per, strict=True):
+        a.send(("measure", count * k, limit, latency))
+    cpu0 = sum(server.ps.cpu_times()[:2])
+    pub = ctx.Process(
+        target=publisher_process,
+        args=(server.port, server.pub_path, hellos(server)[1], count, rate, q),
+    )
+    pub.start()
+    start, _pub_cpu = q.get(timeout=120)
+    results = [a.recv() for a in fleet.pipes]
+    cpu = sum(server.ps.cpu_times()[:2]) - cpu0
+    pub.join(10)
+    return results, start, cpu
+
+
+def connect_fleet(ctx: Any, server: Server, n: int, measure_rss: bool) -> Fleet:
+    # Pinned, one reader process per load-generator core (while measuring latency it spins,
+    # and two spinning on one core would take turns); unpinned, a few that sleep when idle.
+    pinned = os.environ.get(PIN_ENV)
+    procs = len(pinned.split(",")) if pinned else (2 if n <= 100 else 4)
+    per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+    rss0 = server.ps.memory_info().rss
+    pipes, workers = [], []
+    for k in per:
+        a, b = ctx.Pipe()
+        p = ctx.Process(
+            target=subscriber_process,
+            args=(b, server.port, server.sub_path, k, hellos(server)[0]),
+        )
+        p.start()
+        pipes.append(a)
+        workers.append(p)
+    ready = sum(a.recv()[1] for a in pipes)
+    assert ready == n, f"{server.name}: only {ready}/{n} subscribers ready"
+    row = Row(server.name, n)
+    if measure_rss:
+        time.sleep(1.0)
+        row.rss_per_conn = (server.ps.memory_info().rss - rss0) / n / 1024
+    return Fleet(server, row, pipes, workers, per, [])
+
+
+def close_fleet(fleet: Fleet) -> None:
+    for a in fleet.pipes:
+        a.send(("close",))
+        a.recv()
+    for p in fleet.workers:
+        p.join(10)
+
+
+def run_all(
+    names: list[str], ns: list[int], msgs: dict[int, int], lat_seconds: float, rounds: int
+) -> list[Row]:
+    """Every server runs for the whole bench (idle ones cost nothing); for each N each gets
+    its throughput phase alone, then the latency phases take turns in ``rounds`` rounds (the
+    order rotating), so that a slow spell of the machine falls on every server alike."""
+    ctx = mp.get_context("spawn")
+    servers = [s for s in (start_server(name) for name in names) if s is not None]
+    rows: list[Row] = []
     try:
-        hello = b""
-        if server.centrifuge:
-            tok = admin_token()
-            hello = client_frame(orjson.dumps({"id": 1, "connect": {"token": tok}})) + client_frame(
-                orjson.dumps({"id": 2, "subscribe": {"channel": "bench"}})
-            )
-        ctx = mp.get_context("spawn")
         for n in ns:
-            row = Row(name, n)
-            procs = 2 if n <= 100 else 4
-            per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+            fleets = [connect_fleet(ctx, s, n, n == max(ns)) for s in servers]
             time.sleep(0.5)
-            rss0 = server.ps.memory_info().rss
-            pipes, workers = [], []
-            for k in per:
-                a, b = ctx.Pipe()
-                p = ctx.Process(
-                    target=subscriber_process, args=(b, server.port, server.sub_path, k, hello)
-                )
-                p.start()
-                pipes.append(a)
-                workers.append(p)
-            ready = sum(a.recv()[1] for a in pipes)
-            assert ready == n, f"{name}: only {ready}/{n} subscribers ready"
-            time.sleep(1.0)
-            if n == max(ns):
-                row.rss_per_conn = (server.ps.memory_info().rss - rss0) / n / 1024
-            pub_hello = b""
-            if server.centrifuge:
-                pub_hello = client_frame(
-                    orjson.dumps({"id": 1, "connect": {"token": admin_token()}})
-                )
-
-            def phase(
-                count: int,
-                rate: float,
-                latency: bool,
-                limit: float,
-                pipes: list[Any] = pipes,
-                per: list[int] = per,
-                pub_hello: bytes = pub_hello,
-            ) -> tuple[list[Any], int, float]:
-                q = ctx.Queue()
-                for a, k in zip(pipes, per, strict=True):
-                    a.send(("measure", count * k, limit, latency))
-                cpu0 = sum(server.ps.cpu_times()[:2])
-                pub = ctx.Process(
-                    target=publisher_process,
-                    args=(server.port, server.pub_path, pub_hello, count, rate, q),
-                )
-                pub.start()
-                start, _pub_cpu = q.get(timeout=120)
-                results = [a.recv() for a in pipes]
-                cpu = sum(server.ps.cpu_times()[:2]) - cpu0
-                pub.join(10)
-                return results, start, cpu
-
-            m = msgs[n]
-            results, start, srv_cpu_s = phase(m, 0.0, False, 60.0)
-            total = sum(r[0] for r in results)
-            last = max(r[1] for r in results)
-            elapsed = (last - start) / 1e9
-            row.delivered = total / elapsed if elapsed > 0 else 0.0
-            row.lost = m * n - total
-            # CPU seconds over the active window (first send to last receipt): share of a core.
-            row.server_cpu = srv_cpu_s / elapsed if elapsed > 0 else 0.0
-            row.loadgen_cpu = sum(r[2] for r in results) / elapsed
+            for f in fleets:
+                m = msgs[n]
+                results, start, srv_cpu_s = phase(ctx, f, m, 0.0, False, 60.0)
+                row = f.row
+                total = sum(r[0] for r in results)
+                elapsed = (max(r[1] for r in results) - start) / 1e9
+                row.delivered = total / elapsed if elapsed > 0 else 0.0
+                row.lost = m * n - total
+                # CPU seconds over the active window (first send to last receipt).
+                row.server_cpu = srv_cpu_s / elapsed if elapsed > 0 else 0.0
+                row.loadgen_cpu = sum(r[2] for r in results) / elapsed
             rate = 10_000 / n
-            lat_count = int(rate * lat_seconds)
-            results, _, _ = phase(lat_count, rate, True, lat_seconds + 10)
-            samples = [s for r in results for s in r[3]]
-            row.p50, row.p90 = pct(samples, 0.5), pct(samples, 0.9)
-            for a in pipes:
-                a.send(("close",))
-                a.recv()
-            for p in workers:
-                p.join(10)
-            rows.append(row)
-            print(
-                f"  {name:10} N={n:<5} delivered/s={row.delivered:>11,.0f} lost={row.lost} "
-                f"p50={row.p50:.2f}ms p90={row.p90:.2f}ms",
-                file=sys.stderr,
-                flush=True,
-            )
+            each = lat_seconds / rounds
+            for r in range(rounds):
+                for f in fleets[r % len(fleets) :] + fleets[: r % len(fleets)]:
+                    results, _, _ = phase(ctx, f, int(rate * each), rate, True, each + 10)
+                    f.samples += [s for res in results for s in res[3]]
+            for f in fleets:
+                f.row.p50, f.row.p90 = pct(f.samples, 0.5), pct(f.samples, 0.9)
+                close_fleet(f)
+                rows.append(f.row)
+                print(
+                    f"  {f.row.server:10} N={n:<5} delivered/s={f.row.delivered:>11,.0f} "
+                    f"lost={f.row.lost} p50={f.row.p50:.2f}ms p90={f.row.p90:.2f}ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
-        server.stop()
+        for s in servers:
+            s.stop()
     return rows
 
 
@@ -535,6 +557,9 @@ def main() -> None:
         help="servers on CPU 0, load generator on the others (default on with 2+ CPUs)",
     )
     ap.add_argument("--servers", default="sessionhub,websockets,node")
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="latency phases per server, taken in turns"
+    )
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     if args.pin and len(cpus) >= 2:
@@ -542,11 +567,8 @@ def main() -> None:
         os.environ[PIN_ENV] = ",".join(str(c) for c in cpus if c != 0) or "0"
     ns = [100, 1000]
     msgs = {100: 3000, 1000: 400} if args.quick else {100: 10000, 1000: 1500}
-    lat_seconds = 2.0 if args.quick else 5.0
-    rows: list[Row] = []
-    for name in args.servers.split(","):
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        rows += run_server(name, ns, msgs, lat_seconds)
+    lat_seconds = 3.0 if args.quick else 10.0
+    rows = run_all(args.servers.split(","), ns, msgs, lat_seconds, args.rounds)
     node = {r.n: r for r in rows if r.server == "node"}
     print()
     print(

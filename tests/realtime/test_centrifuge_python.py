@@ -142,6 +142,30 @@ async def test_session_topic_follows_ownership(server: LiveServer) -> None:
         await c.disconnect()
 
 
+async def test_deleting_a_session_ends_its_topic_after_the_last_publication(
+    server: LiveServer,
+) -> None:
+    h = server.headers("alice")
+    async with httpx.AsyncClient(base_url=server.url, headers=h) as http:
+        sid = (await http.post("/api/sessions", json={})).json()["id"]
+        c = client(server.ws_url, server.token("alice"))
+        await c.connect()
+        session = await subscribe(c, f"session:{sid}")
+        user = await subscribe(c, "user:alice")
+        # Deletion is the retention sweep's last step (delete_after); run it directly.
+        hub = server.runtime.hub
+        await server.call(hub.delete(await server.call(hub.store.get(sid))))
+        await until(lambda: bool(session.unsubscribed), what="the server's unsubscribe")
+    # The deletion is delivered first, then the subscription ends with 2001 (final).
+    assert [d["type"] for _, d in session.pubs] == ["session.deleted"]
+    assert [(u.code, u.reason) for u in session.unsubscribed] == [(2001, "session deleted")]
+    # The user's topic carries the same event and stays.
+    await until(lambda: len(user.pubs) == 1, what="the user topic's publication")
+    assert user.pubs[0][1]["type"] == "session.deleted" and not user.unsubscribed
+    await until(lambda: server.realtime.stats()["subscriptions"] == 1, what="one subscription")
+    await c.disconnect()
+
+
 async def test_publications_arrive_in_order_as_rest_calls_return(server: LiveServer) -> None:
     c = client(server.ws_url, server.token("alice"))
     await c.connect()

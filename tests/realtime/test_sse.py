@@ -4,6 +4,7 @@ keep-alive, and resumption with ``Last-Event-ID``."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import orjson
 import pytest
 
 from .conftest import LiveServer
+from .helpers import until
 
 pytestmark = pytest.mark.slow
 
@@ -195,3 +197,51 @@ async def test_idle_streams_get_keep_alive_comments(make_server: Any) -> None:
         await live.publish("user:alice", b'{"n":1}')
         await events.until("pub")
         assert events.comments >= 2, "keep-alive comments while idle"
+
+
+async def test_open_streams_are_counted_in_stats_and_metrics(make_server: Any) -> None:
+    live = make_server()
+    h = live.headers("alice")
+    async with sse(live, "user:alice", h) as (_, one), sse(live, "user:alice", h) as (_, two):
+        await one.until("subscribed")
+        await two.until("subscribed")
+        assert live.realtime.stats()["sse_streams"] == 2
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            text = (await http.get("/metrics")).text
+        assert 'sessionhub_realtime_connections{transport="sse"} 2.0' in text
+        assert 'sessionhub_realtime_connections{transport="websocket"} 0.0' in text
+    await until(lambda: live.realtime.stats()["sse_streams"] == 0, what="streams closed")
+
+
+def _stalled_stream(port: int, token: str) -> socket.socket:
+    """An SSE request whose reader never reads (a small buffer: the server notices soon)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(
+        f"GET /api/stream?topics=user:alice&token={token} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\n\r\n".encode()
+    )
+    return s
+
+
+async def test_a_stalled_stream_is_cut_off_with_3008_and_counted(make_server: Any) -> None:
+    live = make_server()
+    stalled = await asyncio.to_thread(_stalled_stream, live.port, live.token("alice"))
+    await until(lambda: live.realtime.stats()["sse_streams"] == 1, what="the stream to open")
+    body = b'{"pad":"' + b"x" * 16000 + b'"}'
+    for _ in range(600):  # ~9.6 MB: more than the socket buffers and the 1 MiB queue hold
+        await live.publish("user:alice", body)
+    await until(lambda: live.realtime.stats()["slow_disconnects"] == 1, what="a slow cut-off")
+
+    def read_all() -> bytes:
+        stalled.settimeout(10)
+        out = b""
+        while chunk := stalled.recv(1 << 20):
+            out += chunk
+        return out
+
+    got = await asyncio.to_thread(read_all)
+    stalled.close()
+    assert b'event: disconnect\ndata: {"code":3008,"reason":"slow"}' in got
+    await until(lambda: live.realtime.stats()["sse_streams"] == 0, what="the stream to end")

@@ -231,10 +231,21 @@ def _read_until_close(s: socket.socket) -> int | None:
 
 
 @pytest.mark.parametrize("engine", ["fast", "asgi"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        # burst_window 0: every publication takes the latency path (written at once, a
+        # slow reader found by the engine); a huge window: all but the first are queued
+        # and coalesced per loop turn (a slow reader found at flush).
+        pytest.param(0.0, id="direct"),
+        pytest.param(1e9, id="coalesced"),
+    ],
+)
 async def test_a_stalled_reader_is_dropped_and_never_slows_the_others(
-    make_server: Any, engine: str
+    make_server: Any, engine: str, path: float
 ) -> None:
     live = make_server(engine, realtime_queue_bytes=256 * 1024, realtime_close_timeout=30.0)
+    live.realtime.burst_window = path
     readers = [await connected(live) for _ in range(3)]
     for r in readers:
         assert "subscribe" in await r.call("subscribe", {"channel": "user:alice"})

@@ -92,6 +92,12 @@ UNRECOVERABLE_POSITION = _e(
 
 # -- unsubscribe pushes -----------------------------------------------------------------------
 UNSUBSCRIBE_SERVER = _u(2000, "server_unsubscribe", "server unsubscribe", "access ended")
+SESSION_DELETED = _u(
+    2001,
+    "session_deleted",
+    "session deleted",
+    "the session of a session:<id> topic was deleted (after its session.deleted publication)",
+)
 UNSUBSCRIBE_INSUFFICIENT = _u(
     2500, "insufficient_state", "insufficient state", "a gap was detected: resubscribe"
 )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
@@ -78,5 +79,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         metrics.events.labels(event.type).inc()
 
     runtime.hub.add_listener(count_event)
+
+    def realtime_stats() -> Mapping[str, Any] | None:
+        service = runtime.services.get("realtime")
+        return service.stats() if service is not None else None
+
+    metrics.watch_realtime(realtime_stats)
     app.add_middleware(ObserveMiddleware, metrics=metrics, max_body=runtime.settings.max_body_bytes)
     return app

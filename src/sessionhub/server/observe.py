@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -50,9 +53,55 @@ class Metrics:
         self.sessions = Gauge(
             "sessionhub_sessions", "Stored sessions", ["kind", "state"], registry=self.registry
         )
-        self.connections = Gauge(
-            "sessionhub_realtime_connections", "Open realtime connections", registry=self.registry
+
+    def watch_realtime(self, stats: Callable[[], Mapping[str, Any] | None]) -> None:
+        """Export the realtime service's counters, read from ``stats()`` at each scrape
+        (None: no realtime service, nothing exported)."""
+        self.registry.register(_RealtimeCollector(stats))
+
+
+class _RealtimeCollector(Collector):
+    def __init__(self, stats: Callable[[], Mapping[str, Any] | None]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats()
+        if s is None:
+            return
+        conns = GaugeMetricFamily(
+            "sessionhub_realtime_connections", "Open realtime connections", labels=["transport"]
         )
+        conns.add_metric(["websocket"], s["connections"])
+        conns.add_metric(["sse"], s["sse_streams"])
+        yield conns
+        yield GaugeMetricFamily(
+            "sessionhub_realtime_subscriptions",
+            "Topic subscriptions of open WebSocket connections",
+            value=s["subscriptions"],
+        )
+        yield CounterMetricFamily(
+            "sessionhub_realtime_publications",
+            "Publications fanned out by this node",
+            value=s["publications_total"],
+        )
+        yield CounterMetricFamily(
+            "sessionhub_realtime_deliveries",
+            "Publications written to WebSocket subscribers",
+            value=s["deliveries_total"],
+        )
+        yield CounterMetricFamily(
+            "sessionhub_realtime_slow_disconnects",
+            "Connections and streams cut off for falling behind (code 3008)",
+            value=s["slow_disconnects"],
+        )
+        rec = CounterMetricFamily(
+            "sessionhub_realtime_recoveries",
+            "Resubscribes that asked to recover missed publications",
+            labels=["recovered"],
+        )
+        rec.add_metric(["true"], s["recovered"])
+        rec.add_metric(["false"], s["unrecovered"])
+        yield rec
 
 
 class ObserveMiddleware:

@@ -96,8 +96,9 @@ def _pub_data(pub: Publication) -> bytes:
 class _Stream:
     """One SSE response: a byte-bounded queue fed by broker listeners."""
 
-    def __init__(self, topics: list[str]) -> None:
+    def __init__(self, topics: list[str], on_slow: Callable[[], None] | None = None) -> None:
         self.topics = topics
+        self.on_slow = on_slow
         self.positions: dict[str, StreamPosition] = {}
         self.live: set[str] = set()
         self.backlog: dict[str, list[Publication]] = {t: [] for t in topics}
@@ -118,6 +119,8 @@ class _Stream:
             body = orjson.dumps({"code": codes.SLOW.code, "reason": codes.SLOW.message})
             self.queue.append(_event("disconnect", body))
             self.done = True
+            if self.on_slow is not None:
+                self.on_slow()
 
     def on_pub(self, pub: Publication) -> None:
         if pub.topic not in self.live:
@@ -187,7 +190,13 @@ async def stream(
     resume = parse_id(last_event_id or last_event_id_q or "", names)
     ping = runtime.settings.ping_interval
     broker = runtime.hub.broker
-    s = _Stream(names)
+    service = runtime.services.get("realtime")
+
+    def slow() -> None:
+        if service is not None:
+            service.stats_slow += 1
+
+    s = _Stream(names, slow)
     unsubscribers: list[Callable[[], None]] = [broker.subscribe(t, s.on_pub) for t in names]
     try:
         s.put(b"retry: 1000\n\n")
@@ -198,6 +207,9 @@ async def stream(
         raise
 
     async def body() -> AsyncIterator[bytes]:
+        # Counted while the body runs: a response that never starts never counted.
+        if service is not None:
+            service.sse_streams += 1
         try:
             while True:
                 if not s.queue:
@@ -214,6 +226,8 @@ async def stream(
                 s.size = 0
                 yield b"".join(chunks)
         finally:
+            if service is not None:
+                service.sse_streams -= 1
             for u in unsubscribers:
                 u()
 

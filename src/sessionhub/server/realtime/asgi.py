@@ -40,6 +40,9 @@ class AsgiSink:
             self._bytes += len(item.payload)
         self._wake.set()
 
+    def write_one(self, item: Out) -> None:
+        self.write([item])
+
     def buffered(self) -> int:
         return self._bytes
 

@@ -79,6 +79,9 @@ class Sink(Protocol):
     def write(self, items: list[Out]) -> None:
         """Send ``items`` in order (one write where the engine can)."""
 
+    def write_one(self, item: Out) -> None:
+        """Send one item (the latency path of a lone publication)."""
+
     def buffered(self) -> int:
         """Bytes accepted by ``write`` and not yet handed to the network."""
 
@@ -126,6 +129,11 @@ class Connection:
         self._task: asyncio.Task[None] | None = None
         self._paused = False
         self._batches: list[Out] = []
+        #: The engine's raw writer (``transport.write``) for the latency path of a lone
+        #: publication, or None. An engine that sets it must also report a slow reader
+        #: itself (the fast engine does so from ``pause_writing``) and never let it write
+        #: once the connection is closed (a closed connection is detached from its topics).
+        self.writer: Callable[[bytes], object] | None = None
 
     # -- input --------------------------------------------------------------------------------
 
@@ -236,6 +244,17 @@ class Connection:
         if self.sink.buffered() > self.service.max_queue_bytes:
             self.service.stats_slow += 1
             self.disconnect(codes.SLOW)
+
+    def send_now(self, item: Out) -> bool:
+        """Write ``item`` now, unless something is queued (then after it, in order).
+        Whether the connection is now too far behind (the caller disconnects it)."""
+        if self.closed:
+            return False
+        if self.queue:
+            self.queue.append(item)
+            return False
+        self.sink.write_one(item)
+        return self.sink.buffered() > self.service.max_queue_bytes
 
     def disconnect(self, code: Code, reason: str = "") -> None:
         """End the connection with a disconnect code: queued messages (unless it is too slow

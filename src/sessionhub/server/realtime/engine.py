@@ -100,6 +100,10 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         self._transport.write(response)
         self._parser = wsframe.FrameParser(max_size=1 << 20)
         self._conn = service.new_connection(self)
+        # A lone publication is written straight to the transport (service fan-out); the
+        # transport tells us through pause_writing when a reader falls too far behind.
+        self._conn.writer = self._transport.write
+        self._transport.set_write_buffer_limits(high=service.max_queue_bytes)
         self._server_state.connections.add(self)
         if rest:
             self._frames(rest)
@@ -122,6 +126,10 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._delegate is not None:
             self._delegate.pause_writing()
+        elif self._conn is not None and not self._conn.closed:
+            # More than max_queue_bytes unsent: a slow consumer. Disconnect from a fresh
+            # loop turn, not from inside the write that noticed (it may be in a fan-out).
+            asyncio.get_running_loop().call_soon(self._slow)
 
     def resume_writing(self) -> None:
         if self._delegate is not None:
@@ -145,6 +153,10 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             self._transport.write(items[0].framed)
         else:
             self._transport.write(b"".join([i.framed for i in items]))
+
+    def write_one(self, item: Out) -> None:
+        if not self._closing and self._transport is not None:
+            self._transport.write(item.framed)
 
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
@@ -170,6 +182,12 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _slow(self) -> None:
+        conn = self._conn
+        if conn is not None and not conn.closed and self.buffered() > conn.service.max_queue_bytes:
+            conn.service.stats_slow += 1
+            conn.disconnect(codes.SLOW)
 
     def _service(self) -> Any:
         app = type(self).app

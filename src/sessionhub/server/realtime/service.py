@@ -2,9 +2,11 @@
 
 Fan-out. The service subscribes to a broker topic while at least one local connection
 follows it. Each publication is turned into its push message once (:class:`Out`, framed
-once) and the same object is appended to every subscriber's queue; one callback per
-event-loop turn flushes every queue that received something, so a burst leaves each
-connection in one write. A connection whose unsent bytes exceed ``max_queue_bytes`` is
+once). A publication after a quiet spell (none in the last ``burst_window`` seconds) is
+written to every subscriber at once, so a lone event costs one pass and one write per
+subscriber. In a burst the same object is appended to every subscriber's queue instead and
+one callback per event-loop turn flushes every queue that received something, so a burst
+leaves each connection in one write. A connection whose unsent bytes exceed ``max_queue_bytes`` is
 disconnected with code 3008 (slow) and never holds the others up: nothing here waits on a
 socket.
 
@@ -25,10 +27,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ...broker.base import Broker, PresenceEvent, Publication
 from ...core import codes
 from ...core import realtime as proto
 from ...core.errors import NotFound
+from ...core.model import DELETED
 from ...core.principal import Principal
 from ...core.topics import parse, static_permission
 from ...hub import Hub
@@ -40,14 +45,26 @@ log = logging.getLogger("sessionhub.realtime")
 @dataclass(slots=True)
 class _Topic:
     name: str
-    #: Connections receiving live publications (a dict: ordered, O(1) removal).
-    active: dict[Connection, None] = field(default_factory=dict)
+    #: Connections receiving live publications (a dict: ordered, O(1) removal), each with
+    #: its engine's raw byte writer where it has one (see :attr:`Connection.writer`).
+    active: dict[Connection, Callable[[bytes], object] | None] = field(default_factory=dict)
     #: Connections whose subscribe is being answered: publications go to their backlog.
     pending: dict[Connection, Subscription] = field(default_factory=dict)
     #: Connections that asked for join/leave pushes.
     join_leave: dict[Connection, None] = field(default_factory=dict)
     unsubscribe: Callable[[], None] | None = None
     unwatch: Callable[[], None] | None = None
+
+
+def _is_deletion(data: bytes) -> bool:
+    """Whether a publication is a ``session.deleted`` event (cheap test first)."""
+    if DELETED.encode() not in data:
+        return False
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(event, dict) and event.get("type") == DELETED
 
 
 class RealtimeService:
@@ -64,6 +81,7 @@ class RealtimeService:
         recover_limit: int = 1000,
         publish_topics: Iterable[str] = (),
         close_timeout: float = 5.0,
+        burst_window: float = 0.002,
     ) -> None:
         self.hub = hub
         self.broker: Broker = hub.broker
@@ -84,10 +102,15 @@ class RealtimeService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._ping = Out(proto.PING)
+        #: Publications closer together than this are a burst: coalesced per loop turn.
+        self.burst_window = burst_window
+        self._last_fanout = -1e9
         # counters
         self.publications_total = 0
         self.deliveries_total = 0
         self.stats_slow = 0
+        #: Open SSE streams (``GET /api/stream``), counted by the SSE route.
+        self.sse_streams = 0
         self.stats_recovered = 0
         self.stats_unrecovered = 0
         self._rate_at = time.monotonic()
@@ -179,7 +202,7 @@ class RealtimeService:
     def mark_active(self, conn: Connection, sub: Subscription) -> None:
         t = self._topic(sub.topic)
         t.pending.pop(conn, None)
-        t.active[conn] = None
+        t.active[conn] = conn.writer
         if sub.join_leave:
             t.join_leave[conn] = None
 
@@ -210,15 +233,50 @@ class RealtimeService:
         active = t.active
         if not active:
             return
+        if pub.topic.startswith("session:") and _is_deletion(pub.data):
+            # The last publication a session topic will ever carry: deliver it, then end
+            # the subscriptions (no one may subscribe to a deleted session's topic again).
+            self._fan_out(active, pub)
+            for conn in list(active):
+                self.unsubscribe(conn.client, pub.topic, codes.SESSION_DELETED)
+            return
+        self._fan_out(active, pub)
+
+    def _fan_out(
+        self, active: dict[Connection, Callable[[bytes], object] | None], pub: Publication
+    ) -> None:
         item = Out(proto.pub_push(pub.topic, pub.data, pub.offset))
+        self.deliveries_total += len(active)
+        now = time.monotonic()
+        quiet = self._flush_handle is None and now - self._last_fanout >= self.burst_window
+        self._last_fanout = now
+        if quiet:
+            # The first publication after a quiet spell goes out at once: one write per
+            # subscriber, no queue pass first (the queues are empty: a queued item always
+            # has a flush pending). What matters here is latency, so the loop is one call
+            # into the engine per subscriber; an engine without a raw writer goes through
+            # the connection. A slow reader is found by the engine (``Sink`` notes) or
+            # here, and disconnected after the loop: the loop must not change ``active``.
+            framed = item.framed
+            slow: list[Connection] | None = None
+            for conn, write in active.items():
+                if write is not None:
+                    write(framed)
+                elif conn.send_now(item):
+                    slow = slow or []
+                    slow.append(conn)
+            for conn in slow or ():
+                self.stats_slow += 1
+                conn.disconnect(codes.SLOW)
+            return
         dirty = self._dirty
-        # The hot loop: one list append per subscriber, the same object for all.
+        # In a burst, the hot loop is one list append per subscriber (the same object for
+        # all) and every queue leaves in one write at the end of the loop turn.
         for conn in active:
             q = conn.queue
             if not q:
                 dirty.append(conn)
             q.append(item)
-        self.deliveries_total += len(active)
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
@@ -281,13 +339,15 @@ class RealtimeService:
 
     # -- server-side actions ------------------------------------------------------------------
 
-    def unsubscribe(self, client: str, topic: str) -> bool:
-        """End one client's subscription from the server side (code 2000)."""
+    def unsubscribe(
+        self, client: str, topic: str, code: codes.Code = codes.UNSUBSCRIBE_SERVER
+    ) -> bool:
+        """End one client's subscription from the server side (code 2000 by default)."""
         conn = self.connections.get(client)
         if conn is None or topic not in conn.subs:
             return False
         self.detach(conn, topic)
-        conn.enqueue(Out(proto.unsubscribe_push(topic, codes.UNSUBSCRIBE_SERVER)))
+        conn.enqueue(Out(proto.unsubscribe_push(topic, code)))
         self.spawn(self.broker.leave(topic, client))
         return True
 
@@ -299,6 +359,7 @@ class RealtimeService:
             self._rate_at, self._rate_count = now, self.deliveries_total
         return {
             "connections": len(self._all),
+            "sse_streams": self.sse_streams,
             "subscriptions": sum(len(c.subs) for c in self._all),
             "topics": len(self._topics),
             "messages_per_second": round(self._rate, 1),
