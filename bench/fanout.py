@@ -13,8 +13,15 @@ server and N in (100, 1000):
   to show the subscribers' processes are not the bottleneck;
 * server RSS per idle connection (N = 1000 connected and subscribed, idle).
 
-Subscribers live in separate processes (a bare epoll loop over plain sockets, counting
-message markers in the byte stream), which read faster than any of the servers write. Usage: ``python bench/fanout.py [--quick]``.
+All servers run for the whole bench, idle but for the one being measured. For each N, each
+server gets its throughput phase alone; then the latency phases take turns, ``--rounds``
+rounds of them in rotating order, so that a slow spell of the machine falls on every server
+alike. Subscribers live in separate processes: a bare epoll loop over plain sockets that
+counts message markers in the byte stream. With ``--pin`` (the default on 2+ cores) the
+servers share CPU 0 and the load generator has the others; while measuring latency the
+reader polls without sleeping, since a sleeping reader's wake-ups (tens of microseconds
+each on a VM) would be counted against the server. Usage:
+``python bench/fanout.py [--quick] [--rounds R] [--servers a,b]``.
 Needs ``node`` and ``npm install`` (package.json: ``ws``) for the Node column.
 """
 

@@ -281,6 +281,25 @@ async def test_a_stalled_reader_is_dropped_and_never_slows_the_others(
         await r.close()
 
 
+async def test_metrics_export_the_realtime_counters(server: LiveServer) -> None:
+    readers = [await connected(server) for _ in range(2)]
+    for r in readers:
+        assert "subscribe" in await r.call("subscribe", {"channel": "user:alice"})
+    for n in range(3):
+        await server.publish("user:alice", b'{"n":%d}' % n)
+    for r in readers:
+        assert [(await r.push())["push"]["pub"]["offset"] for _ in range(3)] == [1, 2, 3]
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        text = (await http.get("/metrics")).text
+    assert 'sessionhub_realtime_connections{transport="websocket"} 2.0' in text
+    assert "sessionhub_realtime_subscriptions 2.0" in text
+    assert "sessionhub_realtime_publications_total 3.0" in text
+    assert "sessionhub_realtime_deliveries_total 6.0" in text
+    assert "sessionhub_realtime_slow_disconnects_total 0.0" in text
+    for r in readers:
+        await r.close()
+
+
 async def test_other_websocket_paths_reach_the_asgi_app(tmp_path: Any) -> None:
     """The fast engine serves /connection/websocket only; other paths are uvicorn's."""
 
