@@ -26,13 +26,20 @@ class SweepReport:
 
     dropped: list[str] = field(default_factory=list)
     idled: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
     archived: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     flushed_heartbeats: int = 0
 
     @property
     def total(self) -> int:
-        return len(self.dropped) + len(self.idled) + len(self.archived) + len(self.deleted)
+        return (
+            len(self.dropped)
+            + len(self.idled)
+            + len(self.expired)
+            + len(self.archived)
+            + len(self.deleted)
+        )
 
 
 class Scheduler:
@@ -63,9 +70,10 @@ class Scheduler:
                 report = await self.sweep()
                 if report.total:
                     log.info(
-                        "sweep: dropped=%d idle=%d archived=%d deleted=%d",
+                        "sweep: dropped=%d idle=%d expired=%d archived=%d deleted=%d",
                         len(report.dropped),
                         len(report.idled),
+                        len(report.expired),
                         len(report.archived),
                         len(report.deleted),
                     )
@@ -127,6 +135,15 @@ class Scheduler:
                 now - kind.idle_timeout,
                 kind.idle_action,
                 "idle_timeout",
+            )
+        if kind.wait_timeout is not None and kind.wait_states:
+            report.expired += await self._apply_due(
+                kind,
+                kind.wait_states,
+                "updated_at",
+                now - kind.wait_timeout,
+                kind.wait_action,
+                kind.wait_reason,
             )
         if kind.archive_after is not None and kind.archive_from:
             report.archived += await self._apply_due(

@@ -313,6 +313,35 @@ async def test_the_scheduler_drops_after_five_minutes(
     assert status["status"] == "dropped" and status["stopped_at"] == "2025-11-18T12:05:01"
 
 
+async def test_a_request_nobody_approves_is_denied_after_fifteen_minutes(
+    client: httpx.AsyncClient, auth: Auth, clock: FakeClock, runtime: Runtime
+) -> None:
+    """No dead end: an autonomous request waits for an admin, but not forever."""
+    user = auth("user")
+    sid = await _start_remote(client, user, "autonomous")
+    clock.advance(15 * 60 - 1)
+    report = await runtime.scheduler.sweep()
+    assert report.expired == [] and report.dropped == []
+    clock.advance(2)
+    report = await runtime.scheduler.sweep()
+    assert report.expired == [sid]
+    status = (await client.get(f"/api/remote/status/{sid}", headers=user)).json()
+    assert status["status"] == "denied" and status["stop_reason"] == "Not approved in time"
+    session = (await client.get(f"/api/sessions/{sid}", headers=user)).json()
+    assert session["end_reason"] == "approval_timeout"
+    notes = (await client.get("/api/notifications", headers=user)).json()["notifications"]
+    assert notes[0]["event"] == "remote_session_denied"
+    assert notes[0]["data"]["message"].endswith("was denied: Not approved in time")
+    # An approved session is not touched by the approval timeout.
+    other = await _start_remote(client, user, "autonomous")
+    r = await client.post(f"/api/remote/approve/{other}", headers=auth("root", "admin"))
+    assert r.status_code == 200
+    clock.advance(16 * 60)
+    await client.post(f"/api/sessions/heartbeat/{other}", headers=user)
+    report = await runtime.scheduler.sweep()
+    assert report.expired == [] and report.dropped == []
+
+
 async def test_history_is_limited_and_counts_everything(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:

@@ -44,6 +44,10 @@ def _article(noun: str) -> str:
     return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
+#: The per-kind timeouts (``Kind`` attributes) that SESSIONHUB_KIND_TIMEOUTS may set.
+TIMEOUTS = ("heartbeat_timeout", "idle_timeout", "wait_timeout", "archive_after", "delete_after")
+
+
 class Kind:
     """Policy for one type of session. Subclass it in ``kinds/<name>.py`` and register it.
 
@@ -62,6 +66,13 @@ class Kind:
     #: No activity for this long -> action ``idle_action`` (reason ``idle_timeout``).
     idle_timeout: ClassVar[timedelta | None] = None
     idle_action: ClassVar[str] = "abandon"
+    #: This long unchanged in one of ``wait_states`` -> action ``wait_action`` (reason
+    #: ``wait_reason``): a session waiting on someone who never comes (an approval, say)
+    #: does not wait forever.
+    wait_timeout: ClassVar[timedelta | None] = None
+    wait_states: ClassVar[frozenset[str]] = frozenset()
+    wait_action: ClassVar[str] = ""
+    wait_reason: ClassVar[str] = "wait_timeout"
     #: This long in one of ``archive_from`` -> action ``archive``.
     archive_after: ClassVar[timedelta | None] = None
     archive_from: ClassVar[frozenset[str]] = frozenset()

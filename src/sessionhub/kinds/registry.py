@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
 from ..core.errors import InvalidInput
-from ..core.kind import Kind
+from ..core.kind import TIMEOUTS, Kind
 from .generic import Generic
 from .remote_access import RemoteAccess
 from .screen_share import ScreenShare
@@ -46,6 +46,7 @@ class Registry(Mapping[str, Kind]):
     def shortest_timeout(self) -> timedelta | None:
         values = [k.heartbeat_timeout for k in self._kinds.values() if k.heartbeat_timeout]
         values += [k.idle_timeout for k in self._kinds.values() if k.idle_timeout]
+        values += [k.wait_timeout for k in self._kinds.values() if k.wait_timeout]
         return min(values) if values else None
 
 
@@ -55,7 +56,7 @@ def default_registry(overrides: Mapping[str, Mapping[str, float]] | None = None)
     for cls in BUILTIN:
         kind = cls()
         for attr, seconds in (overrides or {}).get(cls.name, {}).items():
-            if attr not in ("heartbeat_timeout", "idle_timeout", "archive_after", "delete_after"):
+            if attr not in TIMEOUTS:
                 raise ValueError(f"unknown timeout {attr!r} for kind {cls.name!r}")
             setattr(kind, attr, timedelta(seconds=seconds))
         kinds.append(kind)

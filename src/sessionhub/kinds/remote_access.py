@@ -5,6 +5,7 @@ Lifecycle (forward only)::
     pending_approval --approve (admin)--> active --stop--> stopped
            |                                 \\--drop (system, no heartbeat)--> dropped
            |--deny (admin)--> denied
+           |--expire (system, nobody approved within 15 minutes)--> denied
            \\--stop (owner/admin)--> stopped
 
 ``safety_mode`` decides the start: ``autonomous`` waits in ``pending_approval`` for an admin;
@@ -45,6 +46,7 @@ REASON_TEXT = {
     "stopped": "User requested",
     "denied": "Denied by an admin",
     "heartbeat_timeout": "Session dropped (inactive)",
+    "approval_timeout": "Not approved in time",
 }
 
 
@@ -112,8 +114,17 @@ class RemoteAccess(Kind):
             transition(
                 "drop", "active", "dropped", roles=("system", "admin"), reason="heartbeat_timeout"
             ),
+            transition(
+                "expire", "pending_approval", "denied", roles=("system",), reason="approval_timeout"
+            ),
         ),
     )
+    # Nobody approved it: the request is denied rather than left pending forever (the
+    # requester may have gone away, and a late approval would surprise them).
+    wait_timeout = timedelta(minutes=15)
+    wait_states = frozenset({"pending_approval"})
+    wait_action = "expire"
+    wait_reason = "approval_timeout"
     # The document: heartbeat every 30 s, dropped after 5 minutes without one.
     heartbeat_timeout = timedelta(minutes=5)
     # A session waiting for an admin is not expected to heartbeat, so it is never dropped.
@@ -178,6 +189,8 @@ class RemoteAccess(Kind):
                 )
             ]
         if to == "denied":
+            if event.data.get("reason") == "approval_timeout":
+                detail = detail or REASON_TEXT["approval_timeout"]
             suffix = f": {detail}" if detail else ""
             return [
                 notification(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..broker.base import StreamPosition
 from ..core.errors import InvalidInput
+from ..core.kind import TIMEOUTS
 from ..core.model import JSON, Session, iso
 from ..core.topics import ALL as ALL_TOPIC
 from ..store.base import SessionQuery
@@ -266,8 +267,7 @@ async def kinds(hub: HubDep, _principal: PrincipalDep) -> JSON:
                     for n, a in k.attributes.items()
                 },
                 "timeouts": {
-                    n: (getattr(k, n).total_seconds() if getattr(k, n) else None)
-                    for n in ("heartbeat_timeout", "idle_timeout", "archive_after", "delete_after")
+                    n: (getattr(k, n).total_seconds() if getattr(k, n) else None) for n in TIMEOUTS
                 },
             }
         )
