@@ -10,7 +10,7 @@ from sessionhub.core.errors import InvalidInput
 from sessionhub.core.kind import Attr, Kind
 from sessionhub.core.lifecycle import Lifecycle
 from sessionhub.kinds.generic import Generic
-from sessionhub.kinds.registry import Registry, default_registry
+from sessionhub.kinds.registry import BUILTIN, Registry, default_registry
 
 from .kinds import Approval, Swept
 
@@ -132,3 +132,28 @@ def test_default_registry_applies_timeout_overrides_per_instance() -> None:
     )
     with pytest.raises(ValueError, match="unknown timeout"):
         default_registry({"generic": {"lifetime": 1}})
+
+
+@pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.name)
+def test_no_builtin_state_is_a_dead_end(cls: type[Kind]) -> None:
+    """Every state a session can rest in is left by the scheduler in time, or is ended."""
+    kind = cls()
+    lc = kind.lifecycle
+    alive = kind.heartbeat_states or frozenset(lc.states) - lc.ended
+    for state in frozenset(lc.states) - lc.ended:
+        ways_out = [
+            kind.heartbeat_timeout is not None and state in alive,
+            kind.idle_timeout is not None,
+            kind.wait_timeout is not None and state in kind.wait_states,
+        ]
+        assert any(ways_out), f"{kind.name}: nothing moves a session out of {state!r}"
+    # Each timeout's action is a transition the scheduler (role system) may take out of
+    # every state it sweeps (resolve raises otherwise).
+    open_states = frozenset(lc.states) - lc.ended
+    for states, action in (
+        (alive if kind.heartbeat_timeout else frozenset(), kind.heartbeat_action),
+        (open_states if kind.idle_timeout else frozenset(), kind.idle_action),
+        (kind.wait_states if kind.wait_timeout else frozenset(), kind.wait_action),
+    ):
+        for state in states:
+            assert lc.resolve(state, action, frozenset({"system"})).target != state
