@@ -7,6 +7,7 @@ hub and core through ``Principal``; this module only answers "who is calling".
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import secrets
@@ -173,3 +174,14 @@ class Authenticator:
         if value.count(".") != 2:
             return self.api_key(value)
         return self.verify(value)
+
+
+def token_expiry(token: str) -> float | None:
+    """When a (verified) JWT expires, as a Unix time; None for an API key or no ``exp``."""
+    if token.count(".") != 2:
+        return None
+    with contextlib.suppress(jwt.PyJWTError):
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        if isinstance(exp, int | float):
+            return float(exp)
+    return None

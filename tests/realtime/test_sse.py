@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -245,3 +246,22 @@ async def test_a_stalled_stream_is_cut_off_with_3008_and_counted(make_server: An
     stalled.close()
     assert b'event: disconnect\ndata: {"code":3008,"reason":"slow"}' in got
     await until(lambda: live.realtime.stats()["sse_streams"] == 0, what="the stream to end")
+
+
+async def test_a_stream_ends_with_3005_when_its_token_expires(make_server: Any) -> None:
+    live = make_server()
+    short = live.token("alice", ttl=timedelta(seconds=2))
+    async with sse(live, "user:alice", token=short) as (_, events):
+        await events.until("subscribed")
+        await live.publish("user:alice", b'{"n":1}')
+        last = (await events.until("pub")).id
+        ended = await events.until("disconnect")
+        assert ended.data == {"code": 3005, "reason": "connection expired"}
+        with pytest.raises(AssertionError, match="stream ended"):
+            await events.next(wait=5)
+    await live.publish("user:alice", b'{"n":2}')
+    # Back with a fresh token and the last id: nothing lost.
+    fresh = live.headers("alice")
+    async with sse(live, "user:alice", {**fresh, "Last-Event-ID": last or ""}) as (_, events):
+        assert (await events.until("subscribed")).data["recovered"] is True
+        assert (await events.until("pub")).data["data"] == {"n": 2}

@@ -20,7 +20,7 @@ WebSocket protocol; the token comes in ``Authorization: Bearer`` or, for ``Event
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
@@ -29,8 +29,10 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
+from ..auth import token_expiry
 from ..broker.base import Publication, StreamPosition
 from ..core import codes
+from ..core.codes import Code
 from ..core.errors import Forbidden, InvalidInput
 from ..core.principal import Principal
 from ..core.realtime import valid_topic
@@ -116,11 +118,18 @@ class _Stream:
         if self.size > MAX_QUEUE_BYTES:
             # Too slow: drop what waits, say why, and end; the client resumes by id.
             self.queue.clear()
-            body = orjson.dumps({"code": codes.SLOW.code, "reason": codes.SLOW.message})
-            self.queue.append(_event("disconnect", body))
-            self.done = True
+            self.finish(codes.SLOW)
             if self.on_slow is not None:
                 self.on_slow()
+
+    def finish(self, code: Code) -> None:
+        """End the stream after what is queued, with a ``disconnect`` event saying why."""
+        if self.done:
+            return
+        body = orjson.dumps({"code": code.code, "reason": code.message})
+        self.queue.append(_event("disconnect", body))
+        self.done = True
+        self.wake.set()
 
     def on_pub(self, pub: Publication) -> None:
         if pub.topic not in self.live:
@@ -206,21 +215,35 @@ async def stream(
             u()
         raise
 
+    # A stream lives no longer than its token: like a WebSocket connection that does not
+    # refresh, it ends with 3005 at the token's expiry (come back with a fresh token and
+    # Last-Event-ID). API keys do not expire.
+    bearer = (
+        authorization[7:] if authorization and authorization[:7].lower() == "bearer " else token
+    )
+    expires_at = token_expiry(bearer.strip()) if bearer else None
+
     async def body() -> AsyncIterator[bytes]:
         # Counted while the body runs: a response that never starts never counted.
         if service is not None:
             service.sse_streams += 1
         try:
             while True:
+                if expires_at is not None and time.time() >= expires_at:
+                    s.finish(codes.CONNECTION_EXPIRED)
                 if not s.queue:
                     if s.done:
                         return
                     s.wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(s.wake.wait(), ping)
-                    if not s.queue and not s.done:
-                        yield b": ping\n\n"
-                        continue
+                    wait = ping
+                    if expires_at is not None:
+                        wait = min(wait, max(0.0, expires_at - time.time()))
+                    try:
+                        await asyncio.wait_for(s.wake.wait(), wait)
+                    except TimeoutError:
+                        if expires_at is None or time.time() < expires_at:
+                            yield b": ping\n\n"
+                    continue
                 chunks = list(s.queue)
                 s.queue.clear()
                 s.size = 0

@@ -12,7 +12,6 @@ slow consumer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -21,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import jwt
 import orjson
 
 from ... import __version__
+from ...auth import token_expiry
 from ...broker.base import ClientInfo, Publication, StreamPosition
 from ...core import codes
 from ...core import realtime as proto
@@ -322,16 +321,6 @@ class Connection:
 # -- command handlers ---------------------------------------------------------------------------
 
 
-def _token_expiry(token: str) -> float | None:
-    if token.count(".") != 2:
-        return None
-    with contextlib.suppress(jwt.PyJWTError):
-        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
-        if isinstance(exp, int | float):
-            return float(exp)
-    return None
-
-
 def _authenticate(conn: Connection, token: str) -> Principal:
     if not token:
         raise CommandError(codes.UNAUTHORIZED, "a token is required")
@@ -349,7 +338,7 @@ async def _connect(conn: Connection, cmd: Command) -> dict[str, Any]:
         raise ProtocolError(codes.BAD_REQUEST_DISCONNECT, "already connected")
     token = proto.get_str(cmd.params, "token")
     conn.principal = _authenticate(conn, token)
-    conn.expires_at = _token_expiry(token)
+    conn.expires_at = token_expiry(token)
     conn.service.connected(conn)
     expires_in = None if conn.expires_at is None else conn.expires_at - time.time()
     return proto.connect_result(
@@ -363,7 +352,7 @@ async def _refresh(conn: Connection, cmd: Command) -> dict[str, Any]:
     if principal.sub != conn.user:
         raise ProtocolError(codes.INVALID_TOKEN, "a refresh token must be for the same user")
     conn.principal = principal
-    conn.expires_at = _token_expiry(token)
+    conn.expires_at = token_expiry(token)
     result: dict[str, Any] = {"client": conn.client, "version": __version__}
     if conn.expires_at is not None:
         result["expires"] = True
