@@ -88,8 +88,8 @@ def serve_sessionhub(port: int, data_dir: str) -> None:
     import uvicorn
 
     from sessionhub.server.app import create_app
-    from sessionhub.server.realtime import uvicorn_ws_protocol
     from sessionhub.server.runtime import build_runtime
+    from sessionhub.server.serving import uvicorn_config
     from sessionhub.settings import Settings
 
     settings = Settings(
@@ -101,18 +101,9 @@ def serve_sessionhub(port: int, data_dir: str) -> None:
     settings.extra["realtime_queue_bytes"] = 1 << 30
     runtime = build_runtime(settings)
     app = create_app(settings, runtime=runtime)
-    # The same uvicorn configuration as `sessionhub serve` (cli.cmd_serve).
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        ws_ping_interval=None,
-        lifespan="on",
-        backlog=4096,
-        ws=uvicorn_ws_protocol(app),
-    )
+    # The same uvicorn configuration as `sessionhub serve` (a longer accept backlog for the
+    # connection storm of 1000 subscribers, as the peers get).
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=port, backlog=4096)
     print("ready", flush=True)
     uvicorn.Server(config).run()
 

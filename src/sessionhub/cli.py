@@ -39,8 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server.app import create_app
     from .server.observe import setup_logging
-    from .server.realtime import uvicorn_ws_protocol
     from .server.runtime import build_runtime
+    from .server.serving import uvicorn_config
 
     settings = _settings(args)
     setup_logging(settings.log_level)
@@ -61,18 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{what} {settings.data_dir / 'jwt-secret'}", flush=True)
         print(f"admin sign-in link (valid 24 h): {url}/?token={token}", flush=True)
         print(f"admin token: {token}", flush=True)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        ws_ping_interval=None,
-        lifespan="on",
-        # /connection/websocket on sessionhub's fast WebSocket engine; other paths unchanged.
-        ws=uvicorn_ws_protocol(app),
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
 
 

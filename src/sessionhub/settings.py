@@ -49,6 +49,10 @@ class Settings:
     history_ttl: float = 600.0
     #: Largest request body accepted, bytes.
     max_body_bytes: int = 1_048_576
+    #: Seconds an idle HTTP keep-alive connection stays open. Longer than clients' and load
+    #: balancers' own idle limits (httpx and Node: 5 s, AWS ALB: 60 s), so the server is never
+    #: the side that closes a connection a client is about to reuse (a reset request).
+    http_keep_alive: float = 75.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -767,3 +767,37 @@ async def test_two_racing_changes_on_one_node_still_get_one_conflict(store_url: 
         assert [e.version for e in await hub.store.events(s.id)] == [1, 2]
     finally:
         await hub.close()
+
+
+@pytest.mark.postgres
+async def test_connections_the_database_closed_are_replaced_unnoticed(
+    postgres_url: str,
+) -> None:
+    """A restart or failover closes every pooled connection; the next calls (a read and a
+    write) must get fresh ones instead of failing."""
+    import asyncpg
+
+    store = SqlStore(postgres_url)
+    await store.start()
+    try:
+        c = created()
+        await store.insert(c)
+        # Fill the pool with several live connections, then kill them all server-side.
+        await asyncio.gather(*(store.get(c.session.id) for _ in range(5)))
+        dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+        admin = await asyncpg.connect(dsn)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        assert killed >= 1
+        await asyncio.sleep(0.05)  # the FATAL message and the close reach the client
+        got = await store.get(c.session.id)
+        assert got == c.session
+        ev = await store.save(acted(got))
+        assert ev.version == 2 and [e.version for e in await store.events(got.id)] == [1, 2]
+    finally:
+        await store.close()

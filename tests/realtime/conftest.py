@@ -19,8 +19,9 @@ import pytest
 import uvicorn
 
 from sessionhub.server.app import create_app
-from sessionhub.server.realtime import RealtimeService, uvicorn_ws_protocol
+from sessionhub.server.realtime import RealtimeService
 from sessionhub.server.runtime import Runtime, build_runtime
+from sessionhub.server.serving import uvicorn_config
 from sessionhub.settings import Settings
 
 SECRET = "test-secret-0123456789abcdef0123456789"
@@ -42,14 +43,9 @@ class LiveServer:
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/connection/websocket"
-        config = uvicorn.Config(
-            self.app,
-            log_config=None,
-            access_log=False,
-            ws_ping_interval=None,
-            lifespan="on",
-            ws=uvicorn_ws_protocol(self.app) if engine == "fast" else "websockets-sansio",
-        )
+        # What `sessionhub serve` runs; the "asgi" engine swaps in uvicorn's own WebSocket.
+        overrides = {} if engine == "fast" else {"ws": "websockets-sansio"}
+        config = uvicorn_config(self.app, settings, **overrides)
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="live-server", daemon=True)
@@ -107,6 +103,7 @@ def make_settings(tmp_path: Path, **extra: Any) -> Settings:
         sweep_interval=3600.0,
         ping_interval=float(extra.pop("ping_interval", 25.0)),
         history_size=int(extra.pop("history_size", 1000)),
+        http_keep_alive=float(extra.pop("http_keep_alive", 75.0)),
     )
     s.extra.update(extra)
     return s

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import os
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import websockets
 from fastapi import WebSocket
 
 from sessionhub.core import codes
+from sessionhub.settings import Settings
 
 from .conftest import LiveServer, make_settings
 from .helpers import Raw, until
@@ -298,6 +300,47 @@ async def test_metrics_export_the_realtime_counters(server: LiveServer) -> None:
     assert "sessionhub_realtime_slow_disconnects_total 0.0" in text
     for r in readers:
         await r.close()
+
+
+def _get(s: socket.socket) -> bytes:
+    """One keep-alive GET, its whole response read; b"" if the server had closed."""
+    s.sendall(b"GET /api/health HTTP/1.1\r\nHost: t\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            return b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += s.recv(65536)
+    return head
+
+
+async def test_idle_keep_alive_connections_last_as_configured(make_server: Any) -> None:
+    """The server, not a client about to reuse it, must not be first to close an idle
+    connection: it keeps one open for SESSIONHUB_HTTP_KEEP_ALIVE (75 s by default, longer
+    than uvicorn's 5 s and than clients' own pool limits)."""
+    assert Settings().http_keep_alive == 75.0
+    short = make_server(http_keep_alive=1.0)
+    longer = make_server(http_keep_alive=4.0)
+
+    def idle_then_reuse(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            assert _get(s).startswith(b"HTTP/1.1 200")
+            time.sleep(2.0)
+            try:
+                return _get(s)
+            except ConnectionError:
+                return b""
+
+    closed, kept = await asyncio.gather(
+        asyncio.to_thread(idle_then_reuse, short.port),
+        asyncio.to_thread(idle_then_reuse, longer.port),
+    )
+    assert closed == b"", "an idle connection outlived a 1 s keep-alive"
+    assert kept.startswith(b"HTTP/1.1 200"), "a 4 s keep-alive closed after 2 s"
 
 
 async def test_other_websocket_paths_reach_the_asgi_app(tmp_path: Any) -> None:

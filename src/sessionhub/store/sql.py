@@ -17,7 +17,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import and_, bindparam, create_engine, event, func, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    exc,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -69,9 +80,12 @@ class SqlStore:
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         elif url.startswith("postgresql"):
-            self.engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-            )
+            # No pool_pre_ping: on asyncpg it costs three round trips per checkout (BEGIN,
+            # ";", ROLLBACK). asyncpg notices by itself a connection the server closed
+            # (restart, failover, pg_terminate_backend); the checkout hook hands out only
+            # live ones, with no round trip.
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+            event.listen(self.engine.sync_engine, "checkout", _discard_closed)
         else:
             raise ValueError(
                 f"unsupported database URL {url!r} (use sqlite+aiosqlite:/// or postgresql+asyncpg://)"
@@ -167,8 +181,12 @@ class SqlStore:
     async def _read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` on a connection outside any write transaction."""
         if self._sync is None:
+            # PostgreSQL: in autocommit, a read is one round trip instead of three (BEGIN,
+            # the SELECT, ROLLBACK). Nothing is lost: under READ COMMITTED each statement
+            # takes its own snapshot inside a transaction too.
             async with self.engine.connect() as conn:
-                return await conn.run_sync(fn)
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await auto.run_sync(fn)
         return await self._in_thread(self._readers, self._sync_read, fn)
 
     async def _write(self, fn: Callable[[Connection], T]) -> T:
@@ -793,6 +811,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         return parse_iso(ts), str(sid)
     except Exception:
         raise InvalidInput("invalid cursor") from None
+
+
+def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Pool checkout hook: refuse a connection whose server side is gone (the pool then
+    opens a fresh one)."""
+    raw = getattr(dbapi_connection, "_connection", None)
+    if raw is not None and raw.is_closed():
+        raise exc.DisconnectionError("the database closed this connection")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
