@@ -6,9 +6,9 @@ once). A publication after a quiet spell (none in the last ``burst_window`` seco
 written to every subscriber at once, so a lone event costs one pass and one write per
 subscriber. In a burst the same object is appended to every subscriber's queue instead and
 one callback per event-loop turn flushes every queue that received something, so a burst
-leaves each connection in one write. A connection whose unsent bytes exceed ``max_queue_bytes`` is
-disconnected with code 3008 (slow) and never holds the others up: nothing here waits on a
-socket.
+leaves each connection in one write. A connection whose unsent bytes exceed
+``max_queue_bytes`` is disconnected with code 3008 (slow) and never holds the others up:
+nothing here waits on a socket.
 
 Liveness. Every ``ping_interval`` seconds each connection gets ``{}`` (the same bytes for
 all); one that has sent nothing since the previous ping is disconnected with 3012 (no pong).
