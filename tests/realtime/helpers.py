@@ -59,8 +59,10 @@ class Raw:
                 return self.backlog.pop(i)
         deadline = time.monotonic() + wait
         while True:
-            for msg in await self.frame(max(0.01, deadline - time.monotonic())):
+            msgs = await self.frame(max(0.01, deadline - time.monotonic()))
+            for j, msg in enumerate(msgs):
                 if msg.get("id") == cid:
+                    self.backlog.extend(msgs[j + 1 :])  # what shared its frame comes later
                     return msg
                 self.backlog.append(msg)
 

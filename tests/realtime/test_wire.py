@@ -110,6 +110,32 @@ async def test_a_connection_that_never_connects_goes_stale(make_server: Any) -> 
     assert await raw.close_code() == codes.STALE.code
 
 
+async def test_recovering_a_deleted_sessions_topic_ends_with_2001(server: LiveServer) -> None:
+    """An admin who was away while a session was deleted recovers its last publication,
+    and then the subscription ends as it does for those who were there."""
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        r = await http.post("/api/sessions", json={}, headers=server.headers("alice"))
+        sid = r.json()["id"]
+    raw = await connected(server, "root", "admin")
+    topic = f"session:{sid}"
+    first = (await raw.call("subscribe", {"channel": topic}))["subscribe"]
+    await raw.call("unsubscribe", {"channel": topic})
+    hub = server.runtime.hub
+    await server.call(hub.delete(await server.call(hub.store.get(sid))))
+    since = {"offset": first.get("offset", 0), "epoch": first["epoch"]}
+    reply = await raw.call("subscribe", {"channel": topic, "recover": True, **since})
+    sub = reply["subscribe"]
+    assert sub["recovered"] is True
+    assert [p["data"]["type"] for p in sub["publications"]] == ["session.deleted"]
+    push = await raw.push()
+    assert push["push"] == {
+        "channel": topic,
+        "unsubscribe": {"code": 2001, "reason": "session deleted"},
+    }
+    assert server.realtime.stats()["subscriptions"] == 0
+    await raw.close()
+
+
 async def test_recover_from_another_epoch_is_not_recovered(server: LiveServer) -> None:
     await server.publish("user:alice", b'{"n":1}')
     raw = await connected(server)

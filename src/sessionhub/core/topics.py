@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .model import Event
+import orjson
+
+from .model import DELETED, Event
 from .principal import Principal
 
 ALL = "sessions"
@@ -39,3 +41,15 @@ def static_permission(principal: Principal, topic: str) -> bool | None:
     if prefix == "notifications":
         return rest in (None, principal.sub)
     return False
+
+
+def ends_topic(topic: str, data: bytes) -> bool:
+    """Whether publication ``data`` on ``topic`` is the last that topic will carry: the
+    ``session.deleted`` event on its ``session:<id>`` topic (its subscriptions end after it)."""
+    if not topic.startswith("session:") or DELETED.encode() not in data:
+        return False
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(event, dict) and event.get("type") == DELETED

@@ -31,6 +31,7 @@ from ...core.codes import Code
 from ...core.errors import Unauthenticated
 from ...core.principal import Principal
 from ...core.realtime import Command, CommandError, ProtocolError
+from ...core.topics import ends_topic
 from . import wsframe
 
 if TYPE_CHECKING:
@@ -298,9 +299,10 @@ class Connection:
     def info(self) -> ClientInfo:
         return ClientInfo(self.client, self.user)
 
-    def activate(self, sub: Subscription, position: StreamPosition) -> None:
+    def activate(self, sub: Subscription, position: StreamPosition, *, ended: bool = False) -> None:
         """Start delivering live publications to ``sub``, after its subscribe reply is
-        queued: the backlog that arrived meanwhile goes first, without repeats."""
+        queued: the backlog that arrived meanwhile goes first, without repeats. ``ended``:
+        the reply already carried the topic's last publication (a deleted session's)."""
         sub.active = True
         sub.offset, sub.epoch = position.offset, position.epoch
         backlog, sub.backlog = sub.backlog, []
@@ -315,6 +317,13 @@ class Connection:
                 return
             sub.offset = pub.offset
             self.enqueue(Out(proto.pub_push(pub.topic, pub.data, pub.offset)))
+            ended = ended or ends_topic(pub.topic, pub.data)
+        if ended:
+            # The session was deleted (its last publication recovered, or arriving while the
+            # subscribe was answered): end the subscription as live subscribers' ends.
+            self.service.detach(self, sub.topic)
+            self.enqueue(Out(proto.unsubscribe_push(sub.topic, codes.SESSION_DELETED)))
+            return
         self.service.mark_active(self, sub)
 
 
@@ -383,6 +392,7 @@ async def _subscribe(conn: Connection, cmd: Command) -> None:
     flag = proto.get_int(p, "flag")
     sub = Subscription(topic, join_leave=proto.get_bool(p, "join_leave"))
     service.attach(conn, sub)
+    ended = False
     try:
         if recover:
             pubs, pos, complete = await service.broker.history(
@@ -392,6 +402,7 @@ async def _subscribe(conn: Connection, cmd: Command) -> None:
                 raise CommandError(codes.UNRECOVERABLE_POSITION)
             if complete:
                 service.stats_recovered += 1
+                ended = bool(pubs) and ends_topic(topic, pubs[-1].data)
                 top = pubs[-1].offset if pubs else offset
                 result = proto.subscribe_result(
                     offset=top,
@@ -416,7 +427,7 @@ async def _subscribe(conn: Connection, cmd: Command) -> None:
     if conn.closed or conn.subs.get(topic) is not sub:
         return
     conn.reply(proto.reply(cmd.id, "subscribe", result))
-    conn.activate(sub, position)
+    conn.activate(sub, position, ended=ended)
     if conn.subs.get(topic) is sub:
         await service.broker.join(topic, conn.info(), ttl=service.lease_ttl)
     return None

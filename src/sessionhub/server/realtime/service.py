@@ -27,15 +27,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ...broker.base import Broker, PresenceEvent, Publication
 from ...core import codes
 from ...core import realtime as proto
 from ...core.errors import NotFound
-from ...core.model import DELETED
 from ...core.principal import Principal
-from ...core.topics import parse, static_permission
+from ...core.topics import ends_topic, parse, static_permission
 from ...hub import Hub
 from .connection import Connection, Out, Sink, Subscription
 
@@ -54,17 +51,6 @@ class _Topic:
     join_leave: dict[Connection, None] = field(default_factory=dict)
     unsubscribe: Callable[[], None] | None = None
     unwatch: Callable[[], None] | None = None
-
-
-def _is_deletion(data: bytes) -> bool:
-    """Whether a publication is a ``session.deleted`` event (cheap test first)."""
-    if DELETED.encode() not in data:
-        return False
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(event, dict) and event.get("type") == DELETED
 
 
 class RealtimeService:
@@ -233,7 +219,7 @@ class RealtimeService:
         active = t.active
         if not active:
             return
-        if pub.topic.startswith("session:") and _is_deletion(pub.data):
+        if ends_topic(pub.topic, pub.data):
             # The last publication a session topic will ever carry: deliver it, then end
             # the subscriptions (no one may subscribe to a deleted session's topic again).
             self._fan_out(active, pub)
