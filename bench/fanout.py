@@ -293,8 +293,6 @@ def subscriber_process(conn: Any, port: int, path: str, n: int, hello: bytes) ->
     ep = select.epoll()
     for fd in socks:
         ep.register(fd, select.EPOLLIN)
-    ctl = conn.fileno()
-    ep.register(ctl, select.EPOLLIN)
     conn.send(("ready", len(socks)))
     tails: dict[int, bytes] = dict.fromkeys(socks, b"")
     mark_keep = len(MARK) - 1
@@ -315,8 +313,6 @@ def subscriber_process(conn: Any, port: int, path: str, n: int, hello: bytes) ->
         timeout = 0.0 if spin and latency else 0.05
         while count < expected and time.monotonic() < end:
             for fd, _ev in ep.poll(timeout, 4096):
-                if fd == ctl:
-                    continue
                 try:
                     data = socks[fd].recv(65536)  # below malloc's mmap threshold
                 except BlockingIOError:
