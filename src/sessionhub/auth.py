@@ -7,7 +7,6 @@ hub and core through ``Principal``; this module only answers "who is calling".
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import os
 import secrets
@@ -110,17 +109,20 @@ class Authenticator:
 
     def verify(self, token: str) -> Principal:
         """Check a JWT and return its principal."""
+        return self.verify_with_expiry(token)[0]
+
+    def verify_with_expiry(self, token: str) -> tuple[Principal, float | None]:
+        """Check a JWT: its principal and its ``exp`` (Unix time; None without one)."""
         hit = self._verified.get(token)
         if hit is not None:
-            principal, exp = hit
-            if exp is None or time.time() <= exp + self._leeway:
-                return principal
+            if hit[1] is None or time.time() <= hit[1] + self._leeway:
+                return hit
             del self._verified[token]
-        principal, exp = self._verify(token)
+        hit = self._verify(token)
         if len(self._verified) >= self.CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))
-        self._verified[token] = (principal, exp)
-        return principal
+        self._verified[token] = hit
+        return hit
 
     def _verify(self, token: str) -> tuple[Principal, float | None]:
         try:
@@ -163,8 +165,15 @@ class Authenticator:
 
     def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
         """From an ``Authorization: Bearer ...`` header or an ``X-API-Key`` header."""
+        return self.authenticate_with_expiry(authorization, api_key)[0]
+
+    def authenticate_with_expiry(
+        self, authorization: str | None, api_key: str | None = None
+    ) -> tuple[Principal, float | None]:
+        """As :meth:`authenticate`, with the credential's expiry (a JWT's ``exp``; None for
+        API keys): for connections that must end when their credential does."""
         if api_key:
-            return self.api_key(api_key)
+            return self.api_key(api_key), None
         if not authorization:
             raise Unauthenticated("no credentials: send Authorization: Bearer <token> or X-API-Key")
         scheme, _, value = authorization.partition(" ")
@@ -172,16 +181,5 @@ class Authenticator:
             raise Unauthenticated("Authorization must be 'Bearer <token>'")
         value = value.strip()
         if value.count(".") != 2:
-            return self.api_key(value)
-        return self.verify(value)
-
-
-def token_expiry(token: str) -> float | None:
-    """When a (verified) JWT expires, as a Unix time; None for an API key or no ``exp``."""
-    if token.count(".") != 2:
-        return None
-    with contextlib.suppress(jwt.PyJWTError):
-        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
-        if isinstance(exp, int | float):
-            return float(exp)
-    return None
+            return self.api_key(value), None
+        return self.verify_with_expiry(value)

@@ -101,7 +101,7 @@ class Scheduler:
             kind = self.hub.kinds.get_kind(name)
             out += await self._apply_due(
                 kind,
-                self._alive_states(kind),
+                self.alive_states(kind),
                 "last_activity_at",
                 now - max_idle,
                 kind.heartbeat_action,
@@ -110,7 +110,8 @@ class Scheduler:
         return out
 
     @staticmethod
-    def _alive_states(kind: Kind) -> frozenset[str]:
+    def alive_states(kind: Kind) -> frozenset[str]:
+        """The states in which ``kind``'s sessions are dropped when heartbeats stop."""
         if kind.heartbeat_states is not None:
             return kind.heartbeat_states
         return frozenset(kind.lifecycle.states) - kind.lifecycle.ended
@@ -120,7 +121,7 @@ class Scheduler:
         if kind.heartbeat_timeout is not None:
             report.dropped += await self._apply_due(
                 kind,
-                self._alive_states(kind),
+                self.alive_states(kind),
                 "last_activity_at",
                 now - kind.heartbeat_timeout,
                 kind.heartbeat_action,

@@ -8,6 +8,7 @@ from .model import DELETED, Event
 from .principal import Principal
 
 ALL = "sessions"
+_DELETED = DELETED.encode()
 
 
 def session_topics(session_id: str, kind: str, owner: str) -> tuple[str, ...]:
@@ -46,7 +47,7 @@ def static_permission(principal: Principal, topic: str) -> bool | None:
 def ends_topic(topic: str, data: bytes) -> bool:
     """Whether publication ``data`` on ``topic`` is the last that topic will carry: the
     ``session.deleted`` event on its ``session:<id>`` topic (its subscriptions end after it)."""
-    if not topic.startswith("session:") or DELETED.encode() not in data:
+    if not topic.startswith("session:") or _DELETED not in data:
         return False
     try:
         event = orjson.loads(data)

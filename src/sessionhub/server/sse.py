@@ -29,7 +29,6 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from ..auth import token_expiry
 from ..broker.base import Publication, StreamPosition
 from ..core import codes
 from ..core.codes import Code
@@ -182,7 +181,10 @@ async def stream(
     ``unrecovered`` (what was missed is gone: reload the snapshot), ``disconnect`` (the
     server ends the stream, with a code from the realtime code table)."""
     runtime = get_runtime(request)
-    principal = runtime.auth.authenticate(
+    # expires_at: a stream lives no longer than its token (API keys do not expire); like a
+    # WebSocket connection that does not refresh, it ends with 3005 at the token's expiry
+    # (come back with a fresh token and Last-Event-ID).
+    principal, expires_at = runtime.auth.authenticate_with_expiry(
         authorization or (f"Bearer {token}" if token else None), x_api_key
     )
     names = [t.strip() for t in topics.split(",") if t.strip()]
@@ -214,14 +216,6 @@ async def stream(
         for u in unsubscribers:
             u()
         raise
-
-    # A stream lives no longer than its token: like a WebSocket connection that does not
-    # refresh, it ends with 3005 at the token's expiry (come back with a fresh token and
-    # Last-Event-ID). API keys do not expire.
-    bearer = (
-        authorization[7:] if authorization and authorization[:7].lower() == "bearer " else token
-    )
-    expires_at = token_expiry(bearer.strip()) if bearer else None
 
     async def body() -> AsyncIterator[bytes]:
         # Counted while the body runs: a response that never starts never counted.

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from ... import __version__
-from ...auth import token_expiry
 from ...broker.base import ClientInfo, Publication, StreamPosition
 from ...core import codes
 from ...core import realtime as proto
@@ -241,7 +240,11 @@ class Connection:
             log.debug("write failed", exc_info=True)
             self.disconnect(codes.WRITE_ERROR)
             return
-        if self.sink.buffered() > self.service.max_queue_bytes:
+        self.drop_if_slow()
+
+    def drop_if_slow(self) -> None:
+        """Disconnect with 3008 (and count it) if more than ``max_queue_bytes`` is unsent."""
+        if not self.closed and self.sink.buffered() > self.service.max_queue_bytes:
             self.service.stats_slow += 1
             self.disconnect(codes.SLOW)
 
@@ -330,12 +333,15 @@ class Connection:
 # -- command handlers ---------------------------------------------------------------------------
 
 
-def _authenticate(conn: Connection, token: str) -> Principal:
+def _authenticate(conn: Connection, token: str) -> tuple[Principal, float | None]:
+    """The token's principal and expiry (None: it does not expire)."""
     if not token:
         raise CommandError(codes.UNAUTHORIZED, "a token is required")
     try:
-        principal: Principal = conn.service.auth.authenticate(f"Bearer {token}")
-        return principal
+        verified: tuple[Principal, float | None] = conn.service.auth.authenticate_with_expiry(
+            f"Bearer {token}"
+        )
+        return verified
     except Unauthenticated as exc:
         if "expired" in exc.detail:
             raise CommandError(codes.TOKEN_EXPIRED) from None
@@ -346,8 +352,7 @@ async def _connect(conn: Connection, cmd: Command) -> dict[str, Any]:
     if conn.principal is not None:
         raise ProtocolError(codes.BAD_REQUEST_DISCONNECT, "already connected")
     token = proto.get_str(cmd.params, "token")
-    conn.principal = _authenticate(conn, token)
-    conn.expires_at = token_expiry(token)
+    conn.principal, conn.expires_at = _authenticate(conn, token)
     conn.service.connected(conn)
     expires_in = None if conn.expires_at is None else conn.expires_at - time.time()
     return proto.connect_result(
@@ -357,11 +362,10 @@ async def _connect(conn: Connection, cmd: Command) -> dict[str, Any]:
 
 async def _refresh(conn: Connection, cmd: Command) -> dict[str, Any]:
     token = proto.get_str(cmd.params, "token", required=True)
-    principal = _authenticate(conn, token)
+    principal, expires_at = _authenticate(conn, token)
     if principal.sub != conn.user:
         raise ProtocolError(codes.INVALID_TOKEN, "a refresh token must be for the same user")
-    conn.principal = principal
-    conn.expires_at = token_expiry(token)
+    conn.principal, conn.expires_at = principal, expires_at
     result: dict[str, Any] = {"client": conn.client, "version": __version__}
     if conn.expires_at is not None:
         result["expires"] = True

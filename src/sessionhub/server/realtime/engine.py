@@ -184,10 +184,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
     # -- internals ----------------------------------------------------------------------------
 
     def _slow(self) -> None:
-        conn = self._conn
-        if conn is not None and not conn.closed and self.buffered() > conn.service.max_queue_bytes:
-            conn.service.stats_slow += 1
-            conn.disconnect(codes.SLOW)
+        if self._conn is not None:
+            self._conn.drop_if_slow()
 
     def _service(self) -> Any:
         app = type(self).app

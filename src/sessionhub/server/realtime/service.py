@@ -252,8 +252,7 @@ class RealtimeService:
                     slow = slow or []
                     slow.append(conn)
             for conn in slow or ():
-                self.stats_slow += 1
-                conn.disconnect(codes.SLOW)
+                conn.drop_if_slow()
             return
         dirty = self._dirty
         # In a burst, the hot loop is one list append per subscriber (the same object for
