@@ -1,8 +1,11 @@
-"""The dependency rule, enforced by reading every module's imports (ast).
+"""The dependency rule of DESIGN.md, enforced by reading every module's imports (ast).
 
-core -> nothing (stdlib only, no I/O, no clock) · kinds -> core · store, broker -> core ·
-client -> core · hub (hub.py, scheduler.py, auth.py, settings.py) -> those ·
-features -> hub and below · server, connectors -> features, hub and below · cli -> anything.
+``core`` -> nothing · ``kinds`` -> core · ``store``, ``broker``, ``presence`` -> core ·
+``hub`` (hub.py) -> all of those · ``consumers``, ``relay``, ``connectors``, ``scheduler``
+(and ``workflows``, see docs/architecture.md) -> hub and below · ``server``, ``cli`` -> hub,
+consumers, relay, connectors, scheduler, workflows - never store, broker or presence directly ·
+``client`` -> core only. ``auth`` (-> core) and ``settings`` (-> nothing) are leaves anyone
+above the core may use.
 """
 
 from __future__ import annotations
@@ -16,25 +19,30 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "sessionhub"
 
-LOW = {"core", "kinds", "store", "broker"}
+#: What the hub may use, and so what "hub and below" means.
+BELOW_HUB = {"core", "kinds", "store", "broker", "presence", "settings", "root"}
+#: The layers at the hub's side that transports may use.
+SERVICES = {"consumers", "relay", "connectors", "scheduler", "workflows"}
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "kinds": {"core", "kinds"},
     "store": {"core", "store"},
     "broker": {"core", "broker"},
+    "presence": {"core", "presence"},
+    "settings": {"settings"},
+    "auth": {"core", "auth", "root"},
     "client": {"core", "client", "root"},
-    "hub": LOW | {"hub", "root"},
-    "features": LOW | {"hub", "features", "root"},
-    "server": LOW | {"hub", "features", "server", "root"},
-    "connectors": LOW | {"hub", "features", "connectors", "root"},
-    "cli": LOW | {"hub", "features", "server", "connectors", "cli", "root"},
+    "hub": BELOW_HUB | {"hub"},
+    **{layer: BELOW_HUB | {"hub", layer} for layer in SERVICES},
+    "server": {"core", "kinds", "hub", "auth", "settings", "server", "root"} | SERVICES,
+    "cli": {"core", "kinds", "hub", "auth", "settings", "server", "cli", "root"} | SERVICES,
     "root": set(),
 }
 TOP_LEVEL = {
     "hub": "hub",
-    "scheduler": "hub",
-    "auth": "hub",
-    "settings": "hub",
+    "scheduler": "scheduler",
+    "auth": "auth",
+    "settings": "settings",
     "cli": "cli",
     "__init__": "root",
     "__main__": "cli",
@@ -150,7 +158,8 @@ def violations(path: Path) -> list[str]:
 
 def test_there_are_modules_to_check() -> None:
     found = {layer_of(module_parts(p)) for p in modules()}
-    assert {"core", "kinds", "store", "broker", "hub", "server", "cli"} <= found
+    assert {"core", "kinds", "store", "broker", "presence", "hub", "server", "cli"} <= found
+    assert {"consumers", "relay", "scheduler", "workflows"} <= found
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(SRC)))

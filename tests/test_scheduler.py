@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeClock
-from sessionhub.broker.base import Publication
 from sessionhub.broker.memory import MemoryBroker
 from sessionhub.core.principal import Principal
+from sessionhub.core.streams import Publication
 from sessionhub.hub import Hub
 from sessionhub.kinds.generic import Generic
 from sessionhub.kinds.registry import Registry, default_registry
@@ -216,7 +216,7 @@ async def test_drop_inactive_on_demand(hub: Hub, scheduler: Scheduler, clock: Fa
     clock.advance(20)
     await hub.heartbeat(ALICE, b.id)
     clock.advance(20)
-    dropped = await scheduler.drop_inactive(["generic"], timedelta(seconds=30))
+    dropped = await hub.drop_inactive(["generic"], timedelta(seconds=30))
     assert dropped == [a.id]
     assert (await hub.get(ALICE, b.id)).state == "active"
 

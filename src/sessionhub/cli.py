@@ -67,15 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _check_store(settings: Settings) -> None:
     """Open the store (applying migrations) and close it again."""
-    from .store import open_store
+    from .hub import migrate
 
-    store = open_store(
-        settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
-    )
-    try:
-        await store.start()
-    finally:
-        await store.close()
+    await migrate(settings)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -86,24 +80,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
-    from .store import open_store
+    from .hub import rotate_keys
 
     settings = _settings(args)
     if not settings.encryption_key_list():
         print("no SESSIONHUB_ENCRYPTION_KEYS configured", file=sys.stderr)
         return 2
 
-    async def run() -> int:
-        store = open_store(
-            settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
-        )
-        try:
-            await store.start()
-            return await store.rotate_keys()
-        finally:
-            await store.close()
-
-    n = asyncio.run(run())
+    n = asyncio.run(rotate_keys(settings))
     print(f"re-encrypted {n} rows with the newest key; older keys may now be removed")
     return 0
 

@@ -16,12 +16,13 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
-from .broker.base import Broker, StreamPosition
+from .broker import open_broker
+from .broker.base import Broker
 from .core import engine
 from .core.engine import Change
 from .core.errors import (
@@ -37,9 +38,16 @@ from .core.errors import (
 from .core.kind import Kind
 from .core.model import DELETED, JSON, Event, Session
 from .core.principal import SYSTEM_PRINCIPAL, Principal
+from .core.query import Due, Page, SessionQuery
+from .core.streams import StreamPosition
 from .core.topics import event_topics
-from .kinds.registry import Registry
-from .store.base import Page, SessionQuery, Store
+from .kinds.registry import Registry, default_registry
+from .presence import open_presence
+from .presence.base import Presence
+from .presence.memory import MemoryPresence
+from .settings import Settings
+from .store import open_store
+from .store.base import Store
 
 log = logging.getLogger("sessionhub.hub")
 
@@ -68,11 +76,13 @@ class Hub:
         broker: Broker,
         kinds: Registry,
         *,
+        presence: Presence | None = None,
         clock: Clock = utcnow,
         mark_interval: float = 0.2,
     ) -> None:
         self.store = store
         self.broker = broker
+        self.presence: Presence = presence if presence is not None else MemoryPresence()
         self.kinds = kinds
         self.clock = clock
         self.stats = HubStats()
@@ -93,6 +103,7 @@ class Hub:
     async def start(self) -> None:
         await self.store.start()
         await self.broker.start()
+        await self.presence.start()
         await self.republish_outbox()
         self._tasks.append(asyncio.create_task(self._mark_loop(), name="sessionhub-outbox-marker"))
         self._started = True
@@ -107,6 +118,7 @@ class Hub:
         if self._started:
             await self.flush_heartbeats()
             await self._flush_marks()
+        await self.presence.close()
         await self.broker.close()
         await self.store.close()
         self._started = False
@@ -436,6 +448,28 @@ class Hub:
                 log.debug("%s skipped for %s: %s", action, s.id, exc.detail)
         return done
 
+    async def sweep_due(self, due: Due, action: str, reason: str | None) -> list[str]:
+        """Apply ``action`` to the sessions ``due`` finds (see :meth:`apply_due`)."""
+        return await self.apply_due(await self.store.due(due), action, reason, due.before)
+
+    async def drop_inactive(
+        self, kinds: Iterable[str], max_idle: timedelta, *, owner: str | None = None
+    ) -> list[str]:
+        """Drop sessions of ``kinds`` (only ``owner``'s, if given) with no heartbeat for
+        ``max_idle``: an on-demand check, beside the scheduler's own timeouts."""
+        await self.flush_heartbeats()
+        before = self.clock() - max_idle
+        out: list[str] = []
+        for name in kinds:
+            kind = self.kinds.get_kind(name)
+            for _page in range(1000):  # bounded: 500,000 sessions per kind and call
+                due = Due(name, kind.alive_states(), "last_activity_at", before, owner=owner)
+                done = await self.sweep_due(due, kind.heartbeat_action, "heartbeat_timeout")
+                out += done
+                if len(done) < due.limit:
+                    break
+        return out
+
     async def heartbeat(self, principal: Principal, session_id: str) -> datetime:
         """Record that the session is alive. Coalesced in memory; flushed by the scheduler."""
         cached = self._hb_cache.get(session_id)
@@ -499,3 +533,41 @@ class Hub:
 
 def _fields(q: SessionQuery) -> dict[str, Any]:
     return {f: getattr(q, f) for f in q.__slots__}
+
+
+# -- opening a node's backends ----------------------------------------------------------------
+
+
+def open_hub(settings: Settings, *, clock: Clock = utcnow) -> Hub:
+    """The hub for ``settings``: store, broker and presence chosen by their URLs' schemes."""
+    store = open_store(
+        settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
+    )
+    broker = open_broker(
+        settings.broker_url, history_size=settings.history_size, history_ttl=settings.history_ttl
+    )
+    kinds = default_registry(settings.timeout_overrides())
+    return Hub(store, broker, kinds, presence=open_presence(settings.broker_url), clock=clock)
+
+
+async def migrate(settings: Settings) -> None:
+    """Open the store (applying migrations) and close it again."""
+    store = open_store(
+        settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
+    )
+    try:
+        await store.start()
+    finally:
+        await store.close()
+
+
+async def rotate_keys(settings: Settings) -> int:
+    """Re-encrypt every sealed value with the newest key; returns the rows rewritten."""
+    store = open_store(
+        settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
+    )
+    try:
+        await store.start()
+        return await store.rotate_keys()
+    finally:
+        await store.close()

@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from .core.kind import Kind
+from .core.query import Due
 from .hub import Hub
-from .store.base import Due
 
 log = logging.getLogger("sessionhub.scheduler")
 
@@ -90,31 +90,10 @@ class Scheduler:
                 await self._sweep_kind(kind, now, report)
             return report
 
-    async def drop_inactive(
-        self, kinds: list[str], max_idle: timedelta, *, now: datetime | None = None
-    ) -> list[str]:
-        """Drop sessions of ``kinds`` with no heartbeat for ``max_idle`` (an on-demand check)."""
-        await self.hub.flush_heartbeats()
-        now = now or self.hub.clock()
-        out: list[str] = []
-        for name in kinds:
-            kind = self.hub.kinds.get_kind(name)
-            out += await self._apply_due(
-                kind,
-                self.alive_states(kind),
-                "last_activity_at",
-                now - max_idle,
-                kind.heartbeat_action,
-                "heartbeat_timeout",
-            )
-        return out
-
     @staticmethod
     def alive_states(kind: Kind) -> frozenset[str]:
         """The states in which ``kind``'s sessions are dropped when heartbeats stop."""
-        if kind.heartbeat_states is not None:
-            return kind.heartbeat_states
-        return frozenset(kind.lifecycle.states) - kind.lifecycle.ended
+        return kind.alive_states()
 
     async def _sweep_kind(self, kind: Kind, now: datetime, report: SweepReport) -> None:
         lc = kind.lifecycle
@@ -171,5 +150,4 @@ class Scheduler:
         action: str,
         reason: str | None,
     ) -> list[str]:
-        due = await self.hub.store.due(Due(kind.name, states, column, before))
-        return await self.hub.apply_due(due, action, reason, before)
+        return await self.hub.sweep_due(Due(kind.name, states, column, before), action, reason)

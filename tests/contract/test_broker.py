@@ -1,4 +1,5 @@
-"""The Broker contract (broker/base.py): one suite for every implementation.
+"""The Broker contract (broker/base.py): one suite for every implementation (presence has its
+own: ``test_presence.py``).
 
 Add an implementation by adding a factory to ``BROKERS`` (the Redis one, with the
 ``redis`` mark, when it exists). Time is injected: ``clock.advance(seconds)``.
@@ -11,14 +12,9 @@ from typing import Any
 
 import pytest
 
-from sessionhub.broker.base import (
-    Broker,
-    ClientInfo,
-    PresenceEvent,
-    Publication,
-    StreamPosition,
-)
+from sessionhub.broker.base import Broker
 from sessionhub.broker.memory import MemoryBroker
+from sessionhub.core.streams import Publication, StreamPosition
 
 
 class Clock:
@@ -116,45 +112,6 @@ async def test_history_says_when_it_cannot_recover(make: Any, clock: Clock) -> N
     clock.advance(61)
     assert (await b.history("t", since=StreamPosition(4, epoch)))[2] is False
     assert (await b.history("t", since=StreamPosition(5, epoch)))[2] is True
-
-
-async def test_presence_leases_join_renew_leave(make: Any) -> None:
-    b = await make()
-    events: list[PresenceEvent] = []
-    b.watch_presence("t", events.append)
-    a = ClientInfo("c1", "alice")
-    assert await b.join("t", a, ttl=30) is True
-    assert await b.join("t", a, ttl=30) is False  # a renewal: no second join
-    await b.join("t", ClientInfo("c2", "alice"), ttl=30)
-    await b.join("t", ClientInfo("c3", "bob"), ttl=30)
-    assert sorted(await b.presence("t")) == ["c1", "c2", "c3"]
-    assert await b.presence_stats("t") == (3, 2)
-    assert await b.leave("t", "c2") is True
-    assert await b.leave("t", "c2") is False
-    assert [(e.joined, e.info.client, e.reason) for e in events] == [
-        (True, "c1", ""),
-        (True, "c2", ""),
-        (True, "c3", ""),
-        (False, "c2", "left"),
-    ]
-    assert await b.presence("elsewhere") == {}
-
-
-async def test_a_lease_that_is_not_renewed_is_lost(make: Any, clock: Clock) -> None:
-    b = await make()
-    events: list[PresenceEvent] = []
-    b.watch_presence("t", events.append)
-    await b.join("t", ClientInfo("c1", "alice"), ttl=10)
-    await b.join("t", ClientInfo("c2", "bob"), ttl=10)
-    clock.advance(6)
-    await b.join("t", ClientInfo("c2", "bob"), ttl=10)  # c2 renews, c1 does not
-    clock.advance(6)
-    assert await b.expire() == 1
-    assert list(await b.presence("t")) == ["c2"]
-    assert (events[-1].joined, events[-1].info.client, events[-1].reason) == (False, "c1", "lost")
-    clock.advance(11)
-    assert await b.presence("t") == {}  # read also expires
-    assert events[-1].reason == "lost"
 
 
 async def test_an_idle_topic_never_recovers_wrongly(make: Any, clock: Clock) -> None:

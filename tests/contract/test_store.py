@@ -20,8 +20,8 @@ from sessionhub.core.engine import Change
 from sessionhub.core.errors import DuplicateId, IllegalTransition, InvalidInput, VersionConflict
 from sessionhub.core.model import DELETED, Event, Session
 from sessionhub.core.principal import SYSTEM_PRINCIPAL, Principal
+from sessionhub.core.query import Due, SessionQuery
 from sessionhub.kinds.generic import Generic
-from sessionhub.store.base import Due, SessionQuery
 from sessionhub.store.schema import events as events_table
 from sessionhub.store.schema import sessions as sessions_table
 from sessionhub.store.sealing import Sealer

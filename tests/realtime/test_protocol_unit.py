@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from sessionhub.core import centrifugo as proto
 from sessionhub.core import codes
-from sessionhub.core import realtime as proto
-from sessionhub.core.realtime import CommandError, ProtocolError
+from sessionhub.core.centrifugo import CommandError, ProtocolError
 from sessionhub.server.realtime import wsframe
 from sessionhub.server.sse import format_id, parse_id
 
@@ -172,7 +172,7 @@ def test_server_frames_and_handshake() -> None:
 
 
 def test_sse_ids_round_trip() -> None:
-    from sessionhub.broker.base import StreamPosition as P
+    from sessionhub.core.streams import StreamPosition as P
 
     one = {"user:a": P(7, "ab")}
     assert format_id(one) == "7:ab"

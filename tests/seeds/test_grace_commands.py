@@ -8,8 +8,8 @@ from collections.abc import Callable
 import httpx
 
 from sessionhub.core.model import Event
-from sessionhub.features import remote
 from sessionhub.server.runtime import Runtime
+from sessionhub.workflows import remote
 
 Auth = Callable[..., dict[str, str]]
 

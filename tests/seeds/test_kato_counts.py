@@ -17,9 +17,9 @@ from sqlalchemy import create_engine, update
 from starlette.websockets import WebSocket
 from tests.inprocess import serve_in_process
 
+from sessionhub.consumers.counts import AlertTracker, Threshold
 from sessionhub.core.principal import Principal
-from sessionhub.features.counts import AlertTracker, Threshold
-from sessionhub.server.kato import KatoConfig, KatoService, _Client
+from sessionhub.server.realtime.kato import KatoConfig, KatoService, _Client
 from sessionhub.server.runtime import Runtime, build_runtime
 from sessionhub.settings import Settings
 from sessionhub.store.schema import events

@@ -14,9 +14,9 @@ from sqlalchemy import delete, func, select, update
 from tests.inprocess import serve_in_process
 
 from conftest import FakeClock
-from sessionhub.broker.base import Publication
-from sessionhub.features import notifications as notifications_module
-from sessionhub.features.notifications import ADMIN_TOPIC, Notifier
+from sessionhub.consumers import notifications as notifications_module
+from sessionhub.consumers.notifications import ADMIN_TOPIC, Notifier
+from sessionhub.core.streams import Publication
 from sessionhub.server.runtime import Runtime
 from sessionhub.store.schema import events, notifications
 

@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from sessionhub.core.principal import Principal
-from sessionhub.features.relay import (
+from sessionhub.relay.frames import (
     CLOSE_ENDED,
     CLOSE_FORBIDDEN,
     CLOSE_NOT_ACTIVE,

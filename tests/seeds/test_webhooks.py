@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from conftest import SECRET, FakeClock
-from sessionhub.features.webhooks import (
+from sessionhub.consumers.webhooks import (
     ATTEMPT_HEADER,
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,

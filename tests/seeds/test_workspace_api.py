@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 from workspace_calls import create, get
 
-from sessionhub.features.workspaces import WorkspaceService
 from sessionhub.server.runtime import Runtime
+from sessionhub.workflows.workspaces import WorkspaceService
 
 Auth = Callable[..., dict[str, str]]
 

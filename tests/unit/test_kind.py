@@ -11,7 +11,6 @@ from sessionhub.core.kind import Attr, Kind
 from sessionhub.core.lifecycle import Lifecycle
 from sessionhub.kinds.generic import Generic
 from sessionhub.kinds.registry import BUILTIN, Registry, default_registry
-from sessionhub.scheduler import Scheduler
 
 from .kinds import Approval, Swept
 
@@ -140,7 +139,7 @@ def test_no_builtin_state_is_a_dead_end(cls: type[Kind]) -> None:
     """Every state a session can rest in is left by the scheduler in time, or is ended."""
     kind = cls()
     lc = kind.lifecycle
-    alive = Scheduler.alive_states(kind)
+    alive = kind.alive_states()
     for state in frozenset(lc.states) - lc.ended:
         ways_out = [
             kind.heartbeat_timeout is not None and state in alive,

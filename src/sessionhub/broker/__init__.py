@@ -1,6 +1,6 @@
-"""Fan-out of committed events to topics: offsets, epochs, bounded history, presence."""
+"""Fan-out of committed events to topics: offsets, epochs, bounded history."""
 
-from .base import Broker, ClientInfo, PresenceEvent, Publication, StreamPosition
+from .base import Broker, Listener
 from .memory import MemoryBroker
 
 
@@ -13,12 +13,4 @@ def open_broker(url: str, *, history_size: int = 1000, history_ttl: float = 600.
     raise ValueError(f"unsupported broker URL {url!r} (use memory:// or redis://)")
 
 
-__all__ = [
-    "Broker",
-    "ClientInfo",
-    "MemoryBroker",
-    "PresenceEvent",
-    "Publication",
-    "StreamPosition",
-    "open_broker",
-]
+__all__ = ["Broker", "Listener", "MemoryBroker", "open_broker"]

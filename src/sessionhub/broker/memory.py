@@ -8,14 +8,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .base import (
-    ClientInfo,
-    Listener,
-    PresenceEvent,
-    PresenceListener,
-    Publication,
-    StreamPosition,
-)
+from ..core.streams import Publication, StreamPosition
+from .base import Listener
 
 
 @dataclass(slots=True)
@@ -25,13 +19,6 @@ class _Stream:
     last_publish: float = 0.0
     items: deque[tuple[float, Publication]] = field(default_factory=deque)
     listeners: list[Listener] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Presence:
-    #: client id -> (info, lease expiry)
-    leases: dict[str, tuple[ClientInfo, float]] = field(default_factory=dict)
-    listeners: list[PresenceListener] = field(default_factory=list)
 
 
 class MemoryBroker:
@@ -49,14 +36,12 @@ class MemoryBroker:
         self.history_ttl = history_ttl
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
-        self._presence: dict[str, _Presence] = {}
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         self._streams.clear()
-        self._presence.clear()
 
     # -- streams -----------------------------------------------------------------------------
 
@@ -126,74 +111,8 @@ class MemoryBroker:
 
         return unsubscribe
 
-    # -- presence ----------------------------------------------------------------------------
-
-    def _notify(self, p: _Presence, event: PresenceEvent) -> None:
-        for listener in tuple(p.listeners):
-            listener(event)
-
-    def _expire_topic(self, topic: str, p: _Presence, now: float) -> int:
-        dead = [c for c, (_, until) in p.leases.items() if until <= now]
-        for client in dead:
-            info, _ = p.leases.pop(client)
-            self._notify(p, PresenceEvent(topic, False, info, "lost"))
-        return len(dead)
-
-    async def join(self, topic: str, info: ClientInfo, *, ttl: float) -> bool:
+    async def expire(self) -> None:
         now = self._clock()
-        p = self._presence.get(topic)
-        if p is None:
-            p = self._presence[topic] = _Presence()
-        self._expire_topic(topic, p, now)
-        new = info.client not in p.leases
-        p.leases[info.client] = (info, now + ttl)
-        if new:
-            self._notify(p, PresenceEvent(topic, True, info))
-        return new
-
-    async def leave(self, topic: str, client: str) -> bool:
-        p = self._presence.get(topic)
-        if p is None or client not in p.leases:
-            return False
-        info, _ = p.leases.pop(client)
-        self._notify(p, PresenceEvent(topic, False, info, "left"))
-        if not p.leases and not p.listeners:
-            del self._presence[topic]
-        return True
-
-    async def presence(self, topic: str) -> dict[str, ClientInfo]:
-        p = self._presence.get(topic)
-        if p is None:
-            return {}
-        self._expire_topic(topic, p, self._clock())
-        return {c: info for c, (info, _) in p.leases.items()}
-
-    async def presence_stats(self, topic: str) -> tuple[int, int]:
-        clients = await self.presence(topic)
-        return len(clients), len({i.user for i in clients.values()})
-
-    def watch_presence(self, topic: str, listener: PresenceListener) -> Callable[[], None]:
-        p = self._presence.get(topic)
-        if p is None:
-            p = self._presence[topic] = _Presence()
-        p.listeners.append(listener)
-        target = p
-
-        def unwatch() -> None:
-            if listener in target.listeners:
-                target.listeners.remove(listener)
-            if not target.leases and not target.listeners and self._presence.get(topic) is target:
-                del self._presence[topic]
-
-        return unwatch
-
-    async def expire(self) -> int:
-        now = self._clock()
-        removed = 0
-        for topic, p in list(self._presence.items()):
-            removed += self._expire_topic(topic, p, now)
-            if not p.leases and not p.listeners:
-                del self._presence[topic]
         # A stream whose history has aged out and that nobody listens to costs memory for
         # nothing; dropping it gives the topic a new epoch, so a client that recovers from
         # its old position is told plainly that it cannot (it could not anyway: the window
@@ -202,4 +121,3 @@ class MemoryBroker:
             self._trim(s, now)
             if not s.items and not s.listeners and now - s.last_publish > self.history_ttl:
                 del self._streams[topic]
-        return removed

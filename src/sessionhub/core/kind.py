@@ -87,6 +87,13 @@ class Kind:
     #: through the generic API, and replacing the metadata keeps them.
     reserved_metadata: ClassVar[frozenset[str]] = frozenset()
 
+    def alive_states(self) -> frozenset[str]:
+        """The states in which sessions of this kind are dropped when heartbeats stop:
+        ``heartbeat_states``, or by default every state that has not ended."""
+        if self.heartbeat_states is not None:
+            return self.heartbeat_states
+        return frozenset(self.lifecycle.states) - self.lifecycle.ended
+
     def initial_state(self, attributes: JSON) -> str:
         """The state a new session starts in; by default the first initial state."""
         return (

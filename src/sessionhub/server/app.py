@@ -11,19 +11,10 @@ from fastapi import APIRouter, FastAPI
 from .. import __version__
 from ..core.model import Event
 from ..settings import Settings
-from . import (
-    grace,
-    jambot,
-    kato,
-    notifications,
-    problems,
-    realtime,
-    rest,
-    sse,
-    stream_relay,
-    system,
-)
+from . import notifications, problems, realtime, rest, sse, system
+from .compat import grace, jambot
 from .observe import Metrics, ObserveMiddleware
+from .realtime import frames, kato
 from .runtime import Runtime, build_runtime
 
 #: Routers of the transports; an adapter module adds itself here.
@@ -32,7 +23,7 @@ ROUTERS: list[APIRouter] = [
     # Before the other session routers: its /api/sessions/active|history are fixed paths.
     grace.router,
     notifications.router,
-    stream_relay.router,
+    frames.router,
     jambot.router,
     sse.router,
     rest.router,
@@ -44,7 +35,7 @@ INSTALLERS: list[Callable[[FastAPI, Runtime], None]] = [
     jambot.install,
     kato.install,
     notifications.install,
-    stream_relay.install,
+    frames.install,
 ]
 
 

@@ -14,10 +14,10 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..consumers.notifications import Notifier
+from ..consumers.webhooks import WebhookConfig, WebhookDispatcher
 from ..core.errors import Forbidden
 from ..core.model import JSON
-from ..features.notifications import Notifier
-from ..features.webhooks import WebhookConfig, WebhookDispatcher
 from .deps import PrincipalDep, RuntimeDep
 from .runtime import Runtime
 

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..broker.base import StreamPosition
 from ..core.errors import InvalidInput
 from ..core.kind import TIMEOUTS
 from ..core.model import JSON, Session, iso
+from ..core.query import SessionQuery
+from ..core.streams import StreamPosition
 from ..core.topics import ALL as ALL_TOPIC
-from ..store.base import SessionQuery
 from .deps import HubDep, PrincipalDep
 
 router = APIRouter(prefix="/api", tags=["sessions"])

@@ -9,12 +9,9 @@ from datetime import datetime
 from typing import Any
 
 from ..auth import Authenticator, load_or_create_secret, parse_api_keys
-from ..broker import open_broker
-from ..hub import Hub, utcnow
-from ..kinds.registry import default_registry
+from ..hub import Hub, open_hub, utcnow
 from ..scheduler import Scheduler
 from ..settings import Settings
-from ..store import open_store
 
 log = logging.getLogger("sessionhub")
 
@@ -60,14 +57,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
     auth = Authenticator(
         secret=secret or None, public_key=public_key, api_keys=parse_api_keys(settings.api_keys)
     )
-    store = open_store(
-        settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
-    )
-    broker = open_broker(
-        settings.broker_url, history_size=settings.history_size, history_ttl=settings.history_ttl
-    )
-    kinds = default_registry(settings.timeout_overrides())
-    hub = Hub(store, broker, kinds, clock=clock)
+    hub = open_hub(settings, clock=clock)
     scheduler = Scheduler(hub, interval=settings.sweep_interval or None)
     return Runtime(
         settings=settings, hub=hub, scheduler=scheduler, auth=auth, secret_created=created

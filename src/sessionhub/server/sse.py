@@ -29,12 +29,12 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from ..broker.base import Publication, StreamPosition
 from ..core import codes
+from ..core.centrifugo import valid_topic
 from ..core.codes import Code
 from ..core.errors import Forbidden, InvalidInput
 from ..core.principal import Principal
-from ..core.realtime import valid_topic
+from ..core.streams import Publication, StreamPosition
 from ..core.topics import parse, static_permission
 from .deps import get_runtime
 

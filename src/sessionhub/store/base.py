@@ -3,43 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from ..core.engine import Change
 from ..core.model import Event, Session
+from ..core.query import Due, Page, SessionQuery
 
-
-@dataclass(frozen=True, slots=True)
-class SessionQuery:
-    """Filters for listing and counting. Empty tuples mean "any"."""
-
-    kinds: tuple[str, ...] = ()
-    states: tuple[str, ...] = ()
-    owner: str | None = None
-    limit: int = 50
-    cursor: str | None = None
-    offset: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[Session]
-    next_cursor: str | None
-    total: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Due:
-    """A sweep request: sessions of ``kind`` in ``states`` whose ``column`` is before ``before``."""
-
-    kind: str
-    states: frozenset[str]
-    column: str  # "last_activity_at" | "ended_at" | "updated_at"
-    before: datetime
-    limit: int = 500
-    extra: Mapping[str, str] = field(default_factory=dict)
+__all__ = ["Due", "Page", "SessionQuery", "Store"]
 
 
 class Store(Protocol):

@@ -521,7 +521,10 @@ class SqlStore:
         stmt = (
             select(sessions)
             .where(
-                sessions.c.kind == due.kind, sessions.c.state.in_(due.states), column < due.before
+                sessions.c.kind == due.kind,
+                sessions.c.state.in_(due.states),
+                column < due.before,
+                *([sessions.c.owner == due.owner] if due.owner is not None else []),
             )
             .order_by(column)
             .limit(due.limit)

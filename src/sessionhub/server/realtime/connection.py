@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from ... import __version__
-from ...broker.base import ClientInfo, Publication, StreamPosition
+from ...core import centrifugo as proto
 from ...core import codes
-from ...core import realtime as proto
+from ...core.centrifugo import Command, CommandError, ProtocolError
 from ...core.codes import Code
 from ...core.errors import Unauthenticated
 from ...core.principal import Principal
-from ...core.realtime import Command, CommandError, ProtocolError
+from ...core.streams import ClientInfo, Publication, StreamPosition
 from ...core.topics import ends_topic
 from . import wsframe
 
@@ -433,7 +433,7 @@ async def _subscribe(conn: Connection, cmd: Command) -> None:
     conn.reply(proto.reply(cmd.id, "subscribe", result))
     conn.activate(sub, position, ended=ended)
     if conn.subs.get(topic) is sub:
-        await service.broker.join(topic, conn.info(), ttl=service.lease_ttl)
+        await service.presence.join(topic, conn.info(), ttl=service.lease_ttl)
     return None
 
 
@@ -441,7 +441,7 @@ async def _unsubscribe(conn: Connection, cmd: Command) -> dict[str, Any]:
     topic = proto.get_channel(cmd.params)
     if topic in conn.subs:
         conn.service.detach(conn, topic)
-        await conn.service.broker.leave(topic, conn.client)
+        await conn.service.presence.leave(topic, conn.client)
     return {}
 
 
@@ -459,7 +459,7 @@ async def _publish(conn: Connection, cmd: Command) -> dict[str, Any]:
 async def _presence(conn: Connection, cmd: Command) -> dict[str, Any]:
     topic = proto.get_channel(cmd.params)
     await _require_read(conn, topic)
-    clients = await conn.service.broker.presence(topic)
+    clients = await conn.service.presence.presence(topic)
     return {
         "presence": {
             c: proto.client_info(i.client, i.user, i.conn_info) for c, i in clients.items()
@@ -470,7 +470,7 @@ async def _presence(conn: Connection, cmd: Command) -> dict[str, Any]:
 async def _presence_stats(conn: Connection, cmd: Command) -> dict[str, Any]:
     topic = proto.get_channel(cmd.params)
     await _require_read(conn, topic)
-    clients, users = await conn.service.broker.presence_stats(topic)
+    clients, users = await conn.service.presence.stats(topic)
     return {"num_clients": clients, "num_users": users}
 
 

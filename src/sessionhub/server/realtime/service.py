@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...broker.base import Broker, PresenceEvent, Publication
+from ...core import centrifugo as proto
 from ...core import codes
-from ...core import realtime as proto
 from ...core.errors import NotFound
 from ...core.principal import Principal
+from ...core.streams import PresenceEvent, Publication
 from ...core.topics import ends_topic, parse, static_permission
 from ...hub import Hub
 from .connection import Connection, Out, Sink, Subscription
@@ -70,7 +70,8 @@ class RealtimeService:
         burst_window: float = 0.002,
     ) -> None:
         self.hub = hub
-        self.broker: Broker = hub.broker
+        self.broker = hub.broker
+        self.presence = hub.presence
         self.auth = auth
         self.ping_interval = ping_interval
         self.lease_ttl = max(3 * ping_interval, 1.0)
@@ -140,7 +141,7 @@ class RealtimeService:
 
     async def _leave_all(self, client: str, topics: list[str]) -> None:
         for topic in topics:
-            await self.broker.leave(topic, client)
+            await self.presence.leave(topic, client)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -177,7 +178,7 @@ class RealtimeService:
         if t is None:
             t = self._topics[name] = _Topic(name)
             t.unsubscribe = self.broker.subscribe(name, self._on_publication)
-            t.unwatch = self.broker.watch_presence(name, self._on_presence)
+            t.unwatch = self.presence.watch(name, self._on_presence)
         return t
 
     def attach(self, conn: Connection, sub: Subscription) -> None:
@@ -319,7 +320,8 @@ class RealtimeService:
         for conn in renew:
             for topic, sub in list(conn.subs.items()):
                 if sub.active and not conn.closed:
-                    await self.broker.join(topic, conn.info(), ttl=self.lease_ttl)
+                    await self.presence.join(topic, conn.info(), ttl=self.lease_ttl)
+        await self.presence.expire()
         await self.broker.expire()
 
     # -- server-side actions ------------------------------------------------------------------
@@ -333,7 +335,7 @@ class RealtimeService:
             return False
         self.detach(conn, topic)
         conn.enqueue(Out(proto.unsubscribe_push(topic, code)))
-        self.spawn(self.broker.leave(topic, client))
+        self.spawn(self.presence.leave(topic, client))
         return True
 
     def stats(self) -> dict[str, Any]:

@@ -33,15 +33,12 @@ from ..core.errors import (
     InvalidInput,
     NotFound,
     PreconditionFailed,
-    SessionHubError,
     VersionConflict,
 )
 from ..core.model import JSON, Session
-from ..core.principal import SYSTEM_PRINCIPAL, Principal
+from ..core.principal import Principal
 from ..hub import Hub
 from ..kinds.remote_access import naive_iso
-from ..scheduler import Scheduler
-from ..store.base import SessionQuery
 
 COMMANDS_KEY = "_commands"
 KIND = "remote_access"
@@ -237,56 +234,15 @@ async def list_commands(
 
 
 async def drop_inactive(
-    hub: Hub,
-    scheduler: Scheduler,
-    principal: Principal,
-    kinds: list[str],
-    max_idle: timedelta,
+    hub: Hub, principal: Principal, kinds: list[str], max_idle: timedelta
 ) -> list[str]:
     """Drop sessions of ``kinds`` without activity for ``max_idle``.
 
-    Admins check every user's sessions (``Scheduler.drop_inactive``); anyone else only their
-    own, so a short timeout cannot be used to drop other people's sessions.
+    Admins check every user's sessions; anyone else only their own, so a short timeout cannot
+    be used to drop other people's sessions.
     """
-    if principal.is_admin:
-        return await scheduler.drop_inactive(kinds, max_idle)
-    await hub.flush_heartbeats()
-    before = hub.clock() - max_idle
-    dropped: list[str] = []
-    for name in kinds:
-        kind = hub.kinds.get_kind(name)
-        alive = kind.heartbeat_states or (frozenset(kind.lifecycle.states) - kind.lifecycle.ended)
-        cursor: str | None = None
-        for _page in range(100):  # bounded: at most 50,000 live sessions per user and kind
-            page = await hub.store.find(
-                SessionQuery(
-                    kinds=(name,),
-                    states=tuple(sorted(alive)),
-                    owner=principal.sub,
-                    limit=500,
-                    cursor=cursor,
-                )
-            )
-            for s in page.items:
-                pending = hub.pending_activity(s.id)
-                last = max(s.last_activity_at, pending) if pending else s.last_activity_at
-                if last >= before:
-                    continue
-                try:
-                    await hub.act(
-                        SYSTEM_PRINCIPAL,
-                        s.id,
-                        kind.heartbeat_action,
-                        reason="heartbeat_timeout",
-                        expected_version=s.version,
-                    )
-                    dropped.append(s.id)
-                except SessionHubError:
-                    continue  # changed meanwhile (stopped, heartbeat): not inactive any more
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-    return dropped
+    owner = None if principal.is_admin else principal.sub
+    return await hub.drop_inactive(kinds, max_idle, owner=owner)
 
 
 def clean_user_metadata(metadata: Any) -> JSON:

@@ -3,7 +3,7 @@
 Connect with ``?role=sharer`` (the owner, sends binary frames) or ``?role=viewer`` (the
 default; receives binary frames). Credentials: ``Authorization: Bearer <token>`` or, for
 browsers that cannot set headers, ``?token=<token>``. The connection is accepted first and
-then closed with a code from ``features.relay.CLOSE_CODES`` if it may not join, so every
+then closed with a code from ``relay.frames.CLOSE_CODES`` if it may not join, so every
 client sees why. Once joined, the server sends one text message
 ``{"type": "ready", "role", "session_id", "quality", "width", "height", "fps"}``; after that
 viewers receive only binary frames. Text from clients is ignored; binary messages from the
@@ -22,9 +22,9 @@ import orjson
 from fastapi import APIRouter, FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from ..core.errors import SessionHubError
-from ..features.relay import FrameRelay, Participant, Room, Viewer, close_code_for
-from .runtime import Runtime
+from ...core.errors import SessionHubError
+from ...relay.frames import FrameRelay, Participant, Room, Viewer, close_code_for
+from ..runtime import Runtime
 
 log = logging.getLogger("sessionhub.stream")
 

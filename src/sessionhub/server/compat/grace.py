@@ -18,18 +18,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..core.errors import IllegalTransition, NotFound, SessionHubError
-from ..core.model import JSON, Session
-from ..core.principal import Principal
-from ..features import relay as relay_feature
-from ..features import remote
-from ..hub import Hub
-from ..kinds.remote_access import naive_iso, stop_reason
-from ..kinds.screen_share import stream_url
-from ..store.base import SessionQuery
-from .deps import HubDep, PrincipalDep, RuntimeDep
-from .runtime import Runtime
-from .stream_relay import relay_of
+from ...core.errors import IllegalTransition, NotFound, SessionHubError
+from ...core.model import JSON, Session
+from ...core.principal import Principal
+from ...core.query import SessionQuery
+from ...hub import Hub
+from ...kinds.remote_access import naive_iso, stop_reason
+from ...kinds.screen_share import stream_url
+from ...relay import frames as relay_feature
+from ...workflows import remote
+from ..deps import HubDep, PrincipalDep, RuntimeDep
+from ..realtime.frames import relay_of
+from ..runtime import Runtime
 
 router = APIRouter(prefix="/api", tags=["grace (seed 004)"])
 
@@ -440,7 +440,7 @@ async def sessions_check_dropped(
 ) -> JSON:
     """Admins check everyone's sessions; others only their own."""
     ids = await remote.drop_inactive(
-        runtime.hub, runtime.scheduler, principal, KINDS, timedelta(minutes=timeout_minutes)
+        runtime.hub, principal, KINDS, timedelta(minutes=timeout_minutes)
     )
     return {"dropped_sessions": ids, "count": len(ids)}
 

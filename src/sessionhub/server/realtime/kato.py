@@ -40,12 +40,12 @@ import psutil
 from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from ..core import codes
-from ..core.errors import Unauthenticated
-from ..core.model import JSON, iso
-from ..core.principal import Principal
-from ..features.counts import AlertTracker, SessionCounts, Threshold
-from .runtime import Runtime
+from ...consumers.counts import AlertTracker, SessionCounts, Threshold
+from ...core import codes
+from ...core.errors import Unauthenticated
+from ...core.model import JSON, iso
+from ...core.principal import Principal
+from ..runtime import Runtime
 
 log = logging.getLogger("sessionhub.kato")
 

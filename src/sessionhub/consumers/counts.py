@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..core.model import CREATED, DELETED, JSON, STATE_CHANGED, Event, iso
+from ..core.query import SessionQuery
 from ..hub import Hub
-from ..store.base import SessionQuery
 
 log = logging.getLogger("sessionhub.counts")
 

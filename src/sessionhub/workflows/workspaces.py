@@ -32,6 +32,7 @@ from sqlalchemy import and_, func, select
 from ..core.errors import IllegalTransition, InvalidInput, NotFound, SessionHubError
 from ..core.model import CREATED, DELETED, JSON, Event, Session, iso
 from ..core.principal import SYSTEM_PRINCIPAL, Principal
+from ..core.query import Due, SessionQuery
 from ..hub import Hub
 from ..kinds.workspace import (
     ABANDONED,
@@ -41,7 +42,6 @@ from ..kinds.workspace import (
     STATUSES,
     chat_id_for,
 )
-from ..store.base import Due, SessionQuery
 from ..store.schema import chat_messages
 from ..store.sql import SqlStore
 

@@ -17,13 +17,13 @@ from typing import Annotated, Any, Literal, get_args
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from ..core.errors import Forbidden, InvalidInput
-from ..core.model import JSON, Session, iso
-from ..core.principal import Principal
-from ..features.workspaces import ROLES, WorkspaceService
-from ..kinds.workspace import STATUSES, chat_id_for
-from .deps import PrincipalDep, get_runtime
-from .runtime import Runtime
+from ...core.errors import Forbidden, InvalidInput
+from ...core.model import JSON, Session, iso
+from ...core.principal import Principal
+from ...kinds.workspace import STATUSES, chat_id_for
+from ...workflows.workspaces import ROLES, WorkspaceService
+from ..deps import PrincipalDep, get_runtime
+from ..runtime import Runtime
 
 router = APIRouter(tags=["workspaces (seed 002)"])
 

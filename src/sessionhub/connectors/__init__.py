@@ -1,0 +1,1 @@
+"""Upstream event sources: raw input from other systems turned into hub commands."""

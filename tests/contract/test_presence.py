@@ -1,0 +1,93 @@
+"""The Presence contract (presence/base.py): one suite for every implementation.
+
+Add an implementation by adding a factory to ``PRESENCE`` (the Redis one carries the ``redis``
+mark). Time is injected: ``clock.advance(seconds)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from sessionhub.core.streams import ClientInfo, PresenceEvent
+from sessionhub.presence.base import Presence
+from sessionhub.presence.memory import MemoryPresence
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def memory(clock: Clock) -> Presence:
+    return MemoryPresence(clock=clock)
+
+
+PRESENCE: dict[str, Callable[[Clock], Presence]] = {"memory": memory}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=sorted(PRESENCE))
+async def make(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Presence] = []
+
+    async def factory() -> Presence:
+        b = PRESENCE[request.param](clock)
+        await b.start()
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        await b.close()
+
+
+async def test_presence_leases_join_renew_leave(make: Any) -> None:
+    b = await make()
+    events: list[PresenceEvent] = []
+    b.watch("t", events.append)
+    a = ClientInfo("c1", "alice")
+    assert await b.join("t", a, ttl=30) is True
+    assert await b.join("t", a, ttl=30) is False  # a renewal: no second join
+    await b.join("t", ClientInfo("c2", "alice"), ttl=30)
+    await b.join("t", ClientInfo("c3", "bob"), ttl=30)
+    assert sorted(await b.presence("t")) == ["c1", "c2", "c3"]
+    assert await b.stats("t") == (3, 2)
+    assert await b.leave("t", "c2") is True
+    assert await b.leave("t", "c2") is False
+    assert [(e.joined, e.info.client, e.reason) for e in events] == [
+        (True, "c1", ""),
+        (True, "c2", ""),
+        (True, "c3", ""),
+        (False, "c2", "left"),
+    ]
+    assert await b.presence("elsewhere") == {}
+
+
+async def test_a_lease_that_is_not_renewed_is_lost(make: Any, clock: Clock) -> None:
+    b = await make()
+    events: list[PresenceEvent] = []
+    b.watch("t", events.append)
+    await b.join("t", ClientInfo("c1", "alice"), ttl=10)
+    await b.join("t", ClientInfo("c2", "bob"), ttl=10)
+    clock.advance(6)
+    await b.join("t", ClientInfo("c2", "bob"), ttl=10)  # c2 renews, c1 does not
+    clock.advance(6)
+    assert await b.expire() == 1
+    assert list(await b.presence("t")) == ["c2"]
+    assert (events[-1].joined, events[-1].info.client, events[-1].reason) == (False, "c1", "lost")
+    clock.advance(11)
+    assert await b.presence("t") == {}  # read also expires
+    assert events[-1].reason == "lost"
