@@ -295,9 +295,11 @@ class Hub:
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         session_id: str | None = None,
+        at: datetime | None = None,
     ) -> tuple[Session, bool]:
         """Create a session; returns (session, created). A repeated idempotency key returns
-        the first session and ``created=False``."""
+        the first session and ``created=False``. ``at`` stamps the change with another time
+        than the clock's (a connector replaying an upstream event at its own time)."""
         kind = self.kinds.get_kind(kind_name)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise InvalidInput("Idempotency-Key must be 1 to 200 characters")
@@ -310,7 +312,7 @@ class Hub:
                 attributes=attributes or {},
                 metadata=metadata or {},
                 actor=principal,
-                now=self.clock(),
+                now=at or self.clock(),
                 event_id=self._event_id(),
             )
             try:
@@ -355,6 +357,7 @@ class Hub:
         detail: str | None = None,
         reason: str | None = None,
         expected_version: int | None = None,
+        at: datetime | None = None,
     ) -> Session:
         """Apply a lifecycle action. Illegal -> 409; concurrent change -> 409 with current."""
 
@@ -364,7 +367,7 @@ class Hub:
                 s,
                 action,
                 actor=principal,
-                now=self.clock(),
+                now=at or self.clock(),
                 event_id=self._event_id(),
                 detail=detail,
                 reason=reason,
@@ -383,6 +386,7 @@ class Hub:
         counters: Mapping[str, int] | None = None,
         expected_version: int | None = None,
         internal: bool = False,
+        at: datetime | None = None,
     ) -> Session:
         """Change attributes/metadata/counters; ``expected_version`` (If-Match) -> 412 on mismatch.
 
@@ -394,7 +398,7 @@ class Hub:
                 self.kind_of(s),
                 s,
                 actor=principal,
-                now=self.clock(),
+                now=at or self.clock(),
                 event_id=self._event_id(),
                 attributes=attributes,
                 metadata=metadata,

@@ -128,3 +128,15 @@ async def test_an_idle_topic_never_recovers_wrongly(make: Any, clock: Clock) -> 
         assert [p.data for p in pubs] == [b"y"]
     else:
         assert pubs == []
+
+
+async def test_broadcast_reaches_listeners_without_offset_or_history(make: Any) -> None:
+    b = await make()
+    got: list[Publication] = []
+    b.subscribe("live", got.append)
+    await b.publish(["live"], b"kept")
+    await b.broadcast("live", b"frame")
+    await b.broadcast("nobody-listens", b"lost")
+    assert [(p.offset, p.epoch, p.data) for p in got][1:] == [(0, "", b"frame")]
+    pubs, pos, _ = await b.history("live")
+    assert [p.data for p in pubs] == [b"kept"] and pos.offset == 1  # not in history

@@ -47,6 +47,11 @@ class Broker(Protocol):
         returned then).
         """
 
+    async def broadcast(self, topic: str, data: bytes) -> None:
+        """Deliver ``data`` to the listeners of ``topic`` on every node, without an offset or
+        history (live media: screen-share frames, room datagrams). Listeners get a
+        ``Publication`` with offset 0 and epoch ``""``; what a node misses is gone."""
+
     def subscribe(self, topic: str, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` for every new publication on ``topic``; returns an unsubscriber."""
 

@@ -101,6 +101,14 @@ class MemoryBroker:
         after = [p for _, p in items[start : start + max(limit, 0)]]
         return after, pos, len(items) - start <= max(limit, 0)
 
+    async def broadcast(self, topic: str, data: bytes) -> None:
+        s = self._streams.get(topic)
+        if s is None or not s.listeners:
+            return
+        pub = Publication(topic, 0, "", data)
+        for listener in tuple(s.listeners):
+            listener(pub)
+
     def subscribe(self, topic: str, listener: Listener) -> Callable[[], None]:
         s = self._stream(topic)
         s.listeners.append(listener)
