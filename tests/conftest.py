@@ -59,6 +59,9 @@ async def reset_postgres(url: str) -> None:
                 "notifications",
                 "chat_messages",
                 "webhook_deliveries",
+                "consumer_positions",
+                "leases",
+                "raw_events",
                 "alembic_version",
             ):
                 await conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))

@@ -341,12 +341,12 @@ async def test_two_nodes_on_one_database_serialise_through_the_version(
     from sessionhub.core.errors import VersionConflict
     from sessionhub.core.principal import Principal
     from sessionhub.hub import Hub
-    from sessionhub.store.sql import SqlStore
+    from sessionhub.store.sqlite import SqliteStore
 
     url = f"sqlite+aiosqlite:///{Path(str(tmp_path)) / 'shared.db'}"
     kinds = Registry([Generic(), Approval()])
-    node1 = Hub(SqlStore(url), MemoryBroker(), kinds, clock=clock)  # type: ignore[arg-type]
-    node2 = Hub(SqlStore(url), MemoryBroker(), kinds, clock=clock)  # type: ignore[arg-type]
+    node1 = Hub(SqliteStore(url), MemoryBroker(), kinds, clock=clock)  # type: ignore[arg-type]
+    node2 = Hub(SqliteStore(url), MemoryBroker(), kinds, clock=clock)  # type: ignore[arg-type]
     await node1.start()
     await node2.start()
     try:

@@ -17,14 +17,14 @@ from sessionhub.hub import Hub
 from sessionhub.kinds.generic import Generic
 from sessionhub.kinds.registry import Registry, default_registry
 from sessionhub.scheduler import Scheduler
-from sessionhub.store.sql import SqlStore
+from sessionhub.store.sqlite import SqliteStore
 from unit.kinds import Approval, Swept
 
 ALICE = Principal("alice")
 ROOT = Principal("root", frozenset({"admin"}))
 
 
-class CountingStore(SqlStore):
+class CountingStore(SqliteStore):
     """Records every ``touch`` batch, so tests can see when heartbeats reach the database."""
 
     touches: list[dict[str, datetime]]

@@ -498,6 +498,29 @@ class Hub:
         self.stats.heartbeats += 1
         return now
 
+    # -- what transports and services read through the hub ---------------------------------
+
+    async def ping(self) -> None:
+        """Raise if the store cannot answer (readiness)."""
+        await self.store.ping()
+
+    async def count_by_kind_state(self) -> dict[tuple[str, str], int]:
+        return await self.store.count_by_kind_state()
+
+    async def position(self, topic: str) -> StreamPosition:
+        """The stream position of ``topic`` now (a snapshot's ``stream``)."""
+        return await self.broker.position(topic)
+
+    async def lease(self, name: str, holder: str, *, ttl: float) -> int | None:
+        """Take or renew the lease ``name`` for ``holder``: its fencing token, or None while
+        another holder has it (leadership of sweeps and consumers across nodes)."""
+        return await self.store.acquire_lease(
+            name, holder, ttl=timedelta(seconds=ttl), now=self.clock()
+        )
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self.store.release_lease(name, holder)
+
     def pending_activity(self, session_id: str) -> datetime | None:
         return self._pending_heartbeats.get(session_id)
 

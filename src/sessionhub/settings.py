@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ class Settings:
     encryption_keys: str = ""
     #: The URL printed in the sign-in link (default http://host:port).
     public_url: str = ""
+    #: This node's name among several (leases, metrics). Default: kept in
+    #: ``<data_dir>/node-id``, so a node that restarts after a crash takes its leases back
+    #: at once instead of waiting for them to lapse.
+    node_id: str = ""
     log_level: str = "info"
     #: Seconds between scheduler sweeps (default: a sixth of the shortest timeout, at most 5).
     sweep_interval: float = 0.0
@@ -44,6 +49,11 @@ class Settings:
     realtime_max_subscriptions: int = 128
     #: Seconds to wait for a client's close frame before dropping the connection.
     realtime_close_timeout: float = 5.0
+    #: Topics connected admins may publish to over the WebSocket protocol: comma-separated
+    #: fnmatch patterns (``bench:*,chat:*``). None by default: events come from the hub.
+    realtime_publish_topics: str = ""
+    #: Open sockets and SSE streams one peer address may hold at once (beyond: 429).
+    realtime_max_per_address: int = 4096
     #: Publications kept per topic for recovery, and for how long (seconds).
     history_size: int = 1000
     history_ttl: float = 600.0
@@ -75,6 +85,19 @@ class Settings:
         return (
             self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'sessionhub.db'}"
         )
+
+    def resolved_node_id(self) -> str:
+        if self.node_id:
+            return self.node_id
+        path = self.data_dir / "node-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = f"node-{secrets.token_hex(4)}"
+        path.write_text(value + "\n")
+        return value
 
     def resolved_public_url(self) -> str:
         if self.public_url:

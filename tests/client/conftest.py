@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from realtime.conftest import LiveServer, make_settings
+from tests.live import LiveServer, make_settings
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 import pytest
+from tests.live import until
 from websockets.asyncio.server import ServerConnection, serve
 
-from realtime.helpers import until
 from sessionhub.client import (
     Backoff,
     Disconnected,

@@ -7,9 +7,9 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from tests.live import LiveServer, until
+from tests.realtime.helpers import Proxy
 
-from realtime.conftest import LiveServer
-from realtime.helpers import Proxy, until
 from sessionhub.client import (
     Backoff,
     Disconnected,
@@ -32,7 +32,7 @@ FAST = Backoff(base=0.02, cap=0.2, jitter=0.5)
 def force_disconnect(live: LiveServer, client_id: str, code: Code) -> None:
     """End one connection from the server side, on the server's loop."""
     assert live.loop is not None
-    live.loop.call_soon_threadsafe(live.realtime.connections[client_id].disconnect, code)
+    live.loop.call_soon_threadsafe(live.realtime.clients[client_id].disconnect, code)
 
 
 async def take(sub: Subscription, n: int) -> list[Publication | Recovery]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from tests.live import LiveServer
 
-from realtime.conftest import LiveServer
 from sessionhub.client import (
     ApiError,
     ConflictError,

@@ -22,10 +22,12 @@ from sessionhub.core.model import DELETED, Event, Session
 from sessionhub.core.principal import SYSTEM_PRINCIPAL, Principal
 from sessionhub.core.query import Due, SessionQuery
 from sessionhub.kinds.generic import Generic
+from sessionhub.store import open_store as make_store
+from sessionhub.store.postgres import PostgresStore
 from sessionhub.store.schema import events as events_table
 from sessionhub.store.schema import sessions as sessions_table
-from sessionhub.store.sealing import Sealer
 from sessionhub.store.sql import SqlStore
+from sessionhub.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 KIND = Generic()
@@ -76,7 +78,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def open_store(store_url: str) -> Callable[..., SqlStore]:
     def make(keys: list[str] | None = None) -> SqlStore:
-        return SqlStore(store_url, sealer=Sealer(keys or []))
+        store = make_store(store_url, encryption_keys=keys or [])
+        assert isinstance(store, SqlStore)
+        return store
 
     return make
 
@@ -480,7 +484,7 @@ async def test_ping_answers_while_open_and_fails_when_closed(
 
 
 async def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
-    s = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'x' / 'w.db'}")
+    s = SqliteStore(f"sqlite+aiosqlite:///{tmp_path / 'x' / 'w.db'}")
     await s.start()  # creates the parent directory
     try:
         async with s.engine.connect() as conn:
@@ -492,7 +496,7 @@ async def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
 
 def test_an_unknown_database_url_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported database URL"):
-        SqlStore("mysql://x")
+        make_store("mysql://x")
 
 
 async def test_a_store_that_is_not_started_or_closed_is_unavailable(
@@ -540,6 +544,7 @@ async def queued(store: SqlStore, writes: int) -> AsyncIterator[None]:
         return
     async with store.transaction():
         yield
+        assert isinstance(store, SqliteStore)
         writer = store._writer
         assert writer is not None
         for _ in range(2000):  # bounded: some writes read first (idempotency keys)
@@ -551,7 +556,7 @@ async def queued(store: SqlStore, writes: int) -> AsyncIterator[None]:
 
 def _groups(store: SqlStore) -> tuple[int, int]:
     """(groups committed, writes in them) so far; (0, 0) without a group writer."""
-    writer = store._writer
+    writer = getattr(store, "_writer", None)
     return (writer.groups, writer.jobs) if writer is not None else (0, 0)
 
 
@@ -649,7 +654,7 @@ async def test_one_idempotency_key_twice_in_one_group_creates_once(store: SqlSto
 async def test_a_group_whose_commit_fails_fails_every_write_in_it(tmp_path: Path) -> None:
     """If the group's COMMIT fails, no caller hears of success and nothing is written;
     the writer then carries on with the next group."""
-    s = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
+    s = SqliteStore(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}")
     await s.start()
     try:
         firsts = [created() for _ in range(5)]
@@ -707,8 +712,8 @@ async def test_a_node_changes_its_own_sessions_without_a_read_and_survives_stale
     from sessionhub.hub import Hub
     from sessionhub.kinds.registry import Registry
 
-    node1 = Hub(SqlStore(store_url), MemoryBroker(), Registry([Generic()]))
-    node2 = Hub(SqlStore(store_url), MemoryBroker(), Registry([Generic()]))
+    node1 = Hub(make_store(store_url), MemoryBroker(), Registry([Generic()]))
+    node2 = Hub(make_store(store_url), MemoryBroker(), Registry([Generic()]))
     await node1.start()
     await node2.start()
     try:
@@ -751,7 +756,7 @@ async def test_two_racing_changes_on_one_node_still_get_one_conflict(store_url: 
     from sessionhub.hub import Hub
     from sessionhub.kinds.registry import Registry
 
-    hub = Hub(SqlStore(store_url), MemoryBroker(), Registry([Generic()]))
+    hub = Hub(make_store(store_url), MemoryBroker(), Registry([Generic()]))
     await hub.start()
     try:
         s, _ = await hub.create(ALICE, "generic")
@@ -777,7 +782,7 @@ async def test_connections_the_database_closed_are_replaced_unnoticed(
     write) must get fresh ones instead of failing."""
     import asyncpg
 
-    store = SqlStore(postgres_url)
+    store = PostgresStore(postgres_url)
     await store.start()
     try:
         c = created()

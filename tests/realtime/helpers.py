@@ -1,25 +1,19 @@
-"""Helpers for realtime tests: waiting, a raw protocol client, a TCP proxy that can be cut."""
+"""Helpers for realtime tests: a raw protocol client, a TCP proxy that can be cut (and
+``until``, re-exported from ``tests/live.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 import websockets
+from tests.live import until
 from websockets.asyncio.client import ClientConnection
 
-
-async def until(pred: Callable[[], bool], wait: float = 10.0, what: str = "condition") -> None:
-    """Wait (bounded) until ``pred()`` holds."""
-    deadline = time.monotonic() + wait
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+__all__ = ["Proxy", "Raw", "until"]
 
 
 class Raw:

@@ -22,8 +22,8 @@ from centrifuge import (
     UnsubscribedContext,
 )
 from centrifuge.exceptions import ReplyError
+from tests.live import LiveServer
 
-from .conftest import LiveServer
 from .helpers import Proxy, until
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ async def test_connect_with_a_good_token(server: LiveServer) -> None:
     await c.connect()
     await c.ready(timeout=5)
     assert c.state == ClientState.CONNECTED
-    assert c.client_id and server.realtime.connections[c.client_id].user == "alice"
+    assert c.client_id and server.realtime.clients[c.client_id].user == "alice"
     await c.disconnect()
 
 

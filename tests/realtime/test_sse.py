@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from tests.live import LiveServer
 
-from .conftest import LiveServer
 from .helpers import until
 
 pytestmark = pytest.mark.slow

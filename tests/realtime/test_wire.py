@@ -15,11 +15,11 @@ import orjson
 import pytest
 import websockets
 from fastapi import WebSocket
+from tests.live import LiveServer, make_settings
 
 from sessionhub.core import codes
 from sessionhub.settings import Settings
 
-from .conftest import LiveServer, make_settings
 from .helpers import Raw, until
 
 pytestmark = pytest.mark.slow

@@ -1,25 +1,27 @@
 """Seed 001's counts in-process: exact from hub events, no double counting on replays.
 
-The HTTP API drives the changes; ``runtime.services["kato"]`` is the ``/ws`` service, whose
-``counts`` feed every ``session_event``. A sink collects the messages the clients would get.
+The HTTP API drives the changes; ``runtime.kato`` is the ``/ws`` service, whose ``counts``
+(a consumer of the event log) feed every ``session_event``. A sink collects the messages the
+clients would get; ``settled`` waits until the consumers have read the log to its end.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import create_engine, update
-from starlette.websockets import WebSocket
 from tests.inprocess import serve_in_process
 
 from sessionhub.consumers.counts import AlertTracker, Threshold
-from sessionhub.core.principal import Principal
-from sessionhub.server.realtime.kato import KatoConfig, KatoService, _Client
+from sessionhub.server.realtime.kato import KatoConfig, KatoService
+from sessionhub.server.realtime.socket import Handshake, Out
 from sessionhub.server.runtime import Runtime, build_runtime
 from sessionhub.settings import Settings
 from sessionhub.store.schema import events
@@ -30,8 +32,13 @@ SECRET = "counts-test-secret-0123456789abcdef0123"
 
 
 def kato(runtime: Runtime) -> KatoService:
-    svc: KatoService = runtime.services["kato"]
-    return svc
+    assert runtime.kato is not None
+    return runtime.kato
+
+
+async def settled(runtime: Runtime) -> None:
+    """The consumers have read the event log up to its end."""
+    await runtime.consumers.drain()
 
 
 def collect(runtime: Runtime) -> list[dict[str, Any]]:
@@ -58,6 +65,7 @@ async def test_every_create_and_end_moves_the_count_by_one(
     await client.patch(f"/api/sessions/{ids[0]}", json={"metadata": {"x": 1}}, headers=alice)
     await client.post(f"/api/sessions/{ids[0]}/heartbeat", headers=alice)
 
+    await settled(runtime)
     kinds = [(m["event_type"], m["data"]["session_id"]) for m in seen]
     assert kinds == [
         ("session_created", ids[0]),
@@ -84,6 +92,7 @@ async def test_deleting_ended_sessions_does_not_count_again(
 ) -> None:
     alice = auth("alice")
     sid = (await client.post("/api/sessions/", json={}, headers=alice)).json()["id"]
+    await settled(runtime)  # its creation counted; from here on, what the sweeps change
     seen = collect(runtime)
     clock.advance(25 * 3600)
     await runtime.scheduler.sweep()  # abandoned: -1
@@ -92,6 +101,7 @@ async def test_deleting_ended_sessions_does_not_count_again(
     clock.advance(91 * 86400)
     report = await runtime.scheduler.sweep()  # deleted: was not live, no change
     assert report.deleted == [sid]
+    await settled(runtime)
     assert [(m["event_type"], m["data"]["current_count"]) for m in seen] == [
         ("session_destroyed", 0)
     ]
@@ -120,6 +130,7 @@ async def test_outbox_replays_after_a_restart_do_not_double_count(tmp_path: Path
             for _ in range(4)
         ]
         await client.post(f"/api/sessions/{ids[0]}/actions/end", headers=alice)
+        await settled(rt)
         assert kato(rt).counts.active == 3
     # As if the process had died after committing but before publishing anything.
     engine = create_engine(f"sqlite:///{settings.data_dir / 'sessionhub.db'}")
@@ -129,15 +140,18 @@ async def test_outbox_replays_after_a_restart_do_not_double_count(tmp_path: Path
 
     async with serve(settings) as (client, rt):
         assert rt.hub.stats.republished == 5  # every event came out of the outbox again
+        await settled(rt)
         assert kato(rt).counts.active == 3  # ... and none of them was counted twice
         seen = collect(rt)
         # A replay while running (the outbox republished again) changes nothing either.
         await _unpublish_everything(rt)
         assert await rt.hub.republish_outbox() == 5
+        await settled(rt)
         assert seen == [] and kato(rt).counts.active == 3
         # Real changes still count.
         alice = {"Authorization": f"Bearer {rt.auth.issue('alice')}"}
         await client.post(f"/api/sessions/{ids[1]}/actions/end", headers=alice)
+        await settled(rt)
         assert [m["data"]["current_count"] for m in seen] == [2]
 
 
@@ -153,6 +167,7 @@ async def test_kinds_setting_limits_what_is_counted(tmp_path: Path) -> None:
         alice = {"Authorization": f"Bearer {rt.auth.issue('alice')}"}
         await client.post("/api/sessions", json={}, headers=alice)
         await client.post("/api/sessions/", json={}, headers=alice)
+        await settled(rt)
         assert [m["data"]["kind"] for m in seen] == ["workspace"]
         parts = await kato(rt).snapshot()
         assert parts["sessions"] == {"active_count": 1, "total_count": 1}
@@ -186,12 +201,12 @@ def test_config_from_environment_and_settings() -> None:
         "SESSIONHUB_KATO_SESSION_EVENTS": "0",
         "SESSIONHUB_KATO_ALERT_ACTIVE_SESSIONS": "100",
         "SESSIONHUB_KATO_KINDS": "generic, workspace",
-        "SESSIONHUB_KATO_QUEUE_SIZE": "50",
+        "SESSIONHUB_KATO_HEARTBEAT_INTERVAL": "50",
     }
-    cfg = KatoConfig.load(env, {"kato_queue_size": 7})
+    cfg = KatoConfig.load(env, {"kato_heartbeat_interval": 7})
     assert cfg.interval == 1.5 and cfg.session_events is False
     assert cfg.alert_active_sessions == 100.0 and cfg.kind_list() == ("generic", "workspace")
-    assert cfg.queue_size == 7  # Settings.extra wins over the environment
+    assert cfg.heartbeat_interval == 7  # Settings.extra wins over the environment
     assert KatoConfig.load({}, {}).interval == 3.0  # the document's 3 s
     with pytest.raises(ValueError, match="INTERVAL"):
         KatoConfig.load({"SESSIONHUB_KATO_INTERVAL": "soon"}, {})
@@ -199,19 +214,57 @@ def test_config_from_environment_and_settings() -> None:
         KatoConfig.load({"SESSIONHUB_KATO_INTERVAL": "0"}, {})
 
 
+class FakeSink:
+    """A socket whose reader reads everything at once, or (``stalled``) never reads."""
+
+    def __init__(self, *, stalled: bool) -> None:
+        self.stalled = stalled
+        self.sent: list[bytes] = []
+        self.unread = 0
+        self.closed: tuple[int, str] | None = None
+
+    def write(self, items: list[Out]) -> None:
+        self.sent += [i.payload for i in items]
+        if self.stalled:
+            self.unread += sum(len(i.framed) for i in items)
+
+    def write_one(self, item: Out) -> None:
+        self.write([item])
+
+    def buffered(self) -> int:
+        return self.unread
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def ping(self) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+
 async def test_a_slow_client_is_closed_and_does_not_hold_up_the_others(
-    client: httpx.AsyncClient, runtime: Runtime
+    client: httpx.AsyncClient, runtime: Runtime, token: Callable[..., str]
 ) -> None:
-    svc = kato(runtime)
-    nobody = cast(WebSocket, None)  # the fan-out only touches the queues
-    slow = _Client(nobody, Principal("slow", frozenset({"admin"})), queue_size=3)
-    fast = _Client(nobody, Principal("fast", frozenset({"admin"})), queue_size=100)
-    svc.clients |= {slow, fast}
-    try:
-        for i in range(10):
-            svc.broadcast({"type": "session_event", "n": i}, "session_events")
-    finally:
-        svc.clients -= {slow, fast}
-    assert slow.close_code == 3008  # codes.SLOW: the client should reconnect
-    assert slow.queue.qsize() == 1 and slow.queue.get_nowait() is None  # only the close
-    assert fast.queue.qsize() == 10 and fast.close_code is None
+    svc, node = kato(runtime), runtime.realtime
+    admin = Handshake("/ws", {"token": token("root", "admin")}, {}, "127.0.0.1")
+    sinks = {"slow": FakeSink(stalled=True), "fast": FakeSink(stalled=False)}
+    conns = {name: svc.open(node, sink, admin) for name, sink in sinks.items()}
+    for conn in conns.values():
+        node.register(conn)
+        conn.opened()
+    pad = "x" * (node.max_queue_bytes // 5)
+    for i in range(10):  # twice what the send queue of one connection may hold
+        message = {"type": "session_event", "n": i, "pad": pad}
+        await runtime.hub.broker.publish(["kato:session_events"], orjson.dumps(message))
+        await asyncio.sleep(0)  # a loop turn: the node flushes every queue
+    assert sinks["slow"].closed is not None and sinks["slow"].closed[0] == 3008  # codes.SLOW
+    assert conns["slow"].closed and node.stats()["slow_disconnects"] == 1
+    got = [orjson.loads(m) for m in sinks["fast"].sent]
+    assert [m["n"] for m in got if m.get("type") == "session_event"] == list(range(10))
+    assert sinks["fast"].closed is None and not conns["fast"].closed
+    conns["fast"].disconnect(1000)

@@ -1,7 +1,7 @@
 """Seed 001 (KATO dashboard ``/ws``) against a real server on 127.0.0.1 and a real client.
 
-uvicorn serves the app in a background thread; the ``websockets`` client speaks to it. The
-text ``ping`` doubles as a barrier: the server handles a client's frames in order and queues
+The live server (``tests/live.py``) serves the app in a background thread; the ``websockets``
+client speaks to it. The text ``ping`` doubles as a barrier: the server handles a client's frames in order and queues
 its replies behind everything already queued for that client, so once the heartbeat for a
 ping arrives, every message caused before the ping has arrived too.
 """
@@ -9,9 +9,6 @@ ping arrives, every message caused before the ping has arrived too.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +16,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
+from tests.live import LiveServer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from sessionhub.core.model import parse_iso
-from sessionhub.server.app import create_app
-from sessionhub.server.runtime import Runtime
 from sessionhub.settings import Settings
 
 SECRET = "kato-test-secret-0123456789abcdef01234"
@@ -48,54 +43,20 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-class LiveServer:
-    """The app under uvicorn in a thread, on a free port of 127.0.0.1."""
+class KatoServer(LiveServer):
+    """The live server with KATO's ``/ws`` URL at hand."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(runtime=runtime),
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            ws_ping_interval=None,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
+    def ws(self, token: str | None = None) -> str:
+        return self.socket_url("/ws", token)
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws(self, token: str | None = None) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws" + (f"?token={token}" if token else "")
-
-    def token(self, sub: str, *roles: str) -> str:
-        return self.runtime.auth.issue(sub, roles)
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        self.sock.close()
+        return self.url
 
 
 @pytest.fixture
-def live(runtime: Runtime) -> Iterator[LiveServer]:
-    server = LiveServer(runtime)
+def live(settings: Settings) -> Iterator[KatoServer]:
+    server = KatoServer(settings)
     server.start()
     try:
         yield server
@@ -127,15 +88,18 @@ async def until(ws: ClientConnection, kind: str, *, limit: int = 10_000) -> list
     raise AssertionError(f"no {kind} within {limit} messages")
 
 
-async def barrier(ws: ClientConnection) -> list[dict[str, Any]]:
-    """Everything queued for this client before now, then the ping's heartbeat (dropped)."""
+async def barrier(ws: ClientConnection, live: LiveServer) -> list[dict[str, Any]]:
+    """Everything caused before now: once the consumers have read the event log to its end
+    (what they publish is then queued for this client), the ping's heartbeat (dropped) comes
+    after all of it."""
+    await live.settle()
     await ws.send("ping")
     return (await until(ws, "heartbeat"))[:-1]
 
 
-async def subscribe(ws: ClientConnection, *subs: str) -> list[dict[str, Any]]:
+async def subscribe(ws: ClientConnection, live: LiveServer, *subs: str) -> list[dict[str, Any]]:
     await ws.send(orjson.dumps({"type": "subscribe", "subscriptions": list(subs)}).decode())
-    return await barrier(ws)
+    return await barrier(ws, live)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -189,9 +153,8 @@ async def test_realtime_update_shape_matches_the_document(
         metrics
     )
     # The hub's realtime layer reports its numbers when it runs; /ws's own are "dashboard".
-    realtime = live.runtime.services.get("realtime")
-    expected = realtime.stats()["connections"] if realtime is not None else 1
-    assert metrics["connections"] == expected
+    # The one engine counts every socket: this /ws client is the one connection.
+    assert metrics["connections"] == 1
     assert metrics["dashboard"]["connections"] == 1
     assert metrics["dashboard"]["subscriptions"] == 5  # not subscribed yet: everything
     assert isinstance(metrics["messages_per_second"], float | int)
@@ -207,7 +170,7 @@ async def test_realtime_update_shape_matches_the_document(
 
 async def test_ping_answers_heartbeat_and_bad_frames_answer_error(live: LiveServer) -> None:
     async with connect(live.ws(live.token("root", "admin")), open_timeout=10) as ws:
-        await subscribe(ws)  # nothing: only replies from now on
+        await subscribe(ws, live)  # nothing: only replies from now on
         await ws.send("ping")
         hb = await recv(ws)
         assert set(hb) == {"type", "timestamp"} and hb["type"] == "heartbeat"
@@ -227,7 +190,7 @@ async def test_burst_of_200_creates_and_200_ends_gives_exactly_400_events(
 ) -> None:
     users = [bearer(live.token(f"user{i}")) for i in range(4)]
     async with connect(live.ws(live.token("root", "admin")), open_timeout=10) as ws:
-        await subscribe(ws, "session_events")
+        await subscribe(ws, live, "session_events")
 
         async def one(i: int) -> str:
             h = users[i % len(users)]
@@ -239,7 +202,7 @@ async def test_burst_of_200_creates_and_200_ends_gives_exactly_400_events(
             return sid
 
         ids = await asyncio.gather(*(one(i) for i in range(200)))
-        events = await barrier(ws)
+        events = await barrier(ws, live)
 
     assert len(events) == 400, [e["type"] for e in events if e["type"] != "session_event"]
     assert all(e["type"] == "session_event" for e in events)
@@ -268,20 +231,20 @@ async def test_subscribe_narrows_what_a_client_receives(
 ) -> None:
     alice = bearer(live.token("alice"))
     async with connect(live.ws(live.token("root", "admin")), open_timeout=10) as ws:
-        await subscribe(ws, "sessions")
+        await subscribe(ws, live, "sessions")
         update = (await until(ws, "realtime_update"))[-1]
         assert set(update["data"]) == {"sessions"}
         await http.post("/api/sessions", json={}, headers=alice)
-        seen = await barrier(ws)
+        seen = await barrier(ws, live)
         assert {m["type"] for m in seen} <= {"realtime_update"}  # no session_event
 
-        await subscribe(ws, "metrics")
+        await subscribe(ws, live, "metrics")
         update = (await until(ws, "realtime_update"))[-1]
         assert set(update["data"]) == {"metrics"}
 
-        await subscribe(ws, "session_events")
+        await subscribe(ws, live, "session_events")
         await http.post("/api/sessions", json={}, headers=alice)
-        seen = await barrier(ws)
+        seen = await barrier(ws, live)
         assert [m["type"] for m in seen] == ["session_event"]  # and no realtime_update
         assert seen[0]["data"]["current_count"] == 2
 
@@ -295,11 +258,11 @@ async def test_system_alert_once_per_crossing(live: LiveServer, http: httpx.Asyn
         return sid
 
     async with connect(live.ws(live.token("root", "admin")), open_timeout=10) as ws:
-        await subscribe(ws, "system_alerts")
+        await subscribe(ws, live, "system_alerts")
         a, b = await create(), await create()
-        assert await barrier(ws) == []  # 2 is not above the threshold of 2
+        assert await barrier(ws, live) == []  # 2 is not above the threshold of 2
         await create()
-        alerts = await barrier(ws)
+        alerts = await barrier(ws, live)
         assert len(alerts) == 1
         alert = alerts[0]
         assert set(alert) == {"type", "id", "timestamp", "alerts"}
@@ -309,10 +272,10 @@ async def test_system_alert_once_per_crossing(live: LiveServer, http: httpx.Asyn
         assert entry["type"] == "high_session_count" and entry["level"] == "warning"
         assert entry["value"] == 3 and entry["threshold"] == 2
         await create()
-        assert await barrier(ws) == []  # still above: no repeat
+        assert await barrier(ws, live) == []  # still above: no repeat
         for sid in (a, b):
             await http.post(f"/api/sessions/{sid}/actions/end", headers=alice)
-        assert await barrier(ws) == []  # back to 2: re-armed, no alert
+        assert await barrier(ws, live) == []  # back to 2: re-armed, no alert
         await create()
-        again = await barrier(ws)
+        again = await barrier(ws, live)
         assert len(again) == 1 and again[0]["id"] != alert["id"]

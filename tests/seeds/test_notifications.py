@@ -29,7 +29,7 @@ def clock() -> FakeClock:
 
 
 def _notifier(runtime: Runtime) -> Notifier:
-    notifier: Notifier = runtime.services["notifier"]
+    notifier: Notifier = runtime.notifier
     return notifier
 
 

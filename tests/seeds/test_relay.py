@@ -1,16 +1,16 @@
-"""The screen-share relay on a real uvicorn server: sharer, viewers, slow viewer, counting."""
+"""The screen-share relay on a real server (both WebSocket engines): sharer, viewers, slow
+viewer, counting."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import orjson
 import pytest
-import uvicorn
+from tests.live import LiveServer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -25,7 +25,6 @@ from sessionhub.relay.frames import (
     FrameRelay,
     Viewer,
 )
-from sessionhub.server.app import create_app
 from sessionhub.server.runtime import Runtime
 
 Token = Callable[..., str]
@@ -43,37 +42,26 @@ def number(data: bytes) -> int:
     return value
 
 
-class Server:
-    """The app under uvicorn on 127.0.0.1 (an ephemeral port), in its own thread and loop."""
+class Server(LiveServer):
+    """The live server (``tests/live.py``) with the base URLs these tests build on."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        config = uvicorn.Config(
-            create_app(runtime=runtime), host="127.0.0.1", port=0, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    @property
+    def http(self) -> str:
+        return self.url
 
-    def __enter__(self) -> Server:
-        self.thread.start()
-        for _ in range(1000):
-            if self.server.started:
-                break
-            self.thread.join(0.01)
-        assert self.server.started, "uvicorn did not start"
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.http = f"http://127.0.0.1:{port}"
-        self.ws = f"ws://127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
 
 
-@pytest.fixture
-def server(runtime: Runtime) -> Iterator[Server]:
-    with Server(runtime) as s:
-        yield s
+@pytest.fixture(params=["fast", "asgi"])
+def server(request: pytest.FixtureRequest, runtime: Runtime) -> Iterator[Server]:
+    """A live server on the runtime of the test's ``token`` fixture, once per engine."""
+    live = Server(runtime.settings, engine=request.param, runtime=runtime).start()
+    try:
+        yield live
+    finally:
+        live.stop()
 
 
 @pytest.fixture
@@ -242,25 +230,34 @@ async def test_a_new_sharer_connection_replaces_the_old(
 
 
 async def test_viewer_slot_keeps_only_the_newest_frame() -> None:
-    viewer = Viewer(Principal("v"))
+    sent: list[bytes] = []
+    full = True  # the viewer's socket is full: frames wait in the slot
+
+    def send(data: bytes) -> bool:
+        sent.append(data)
+        return not full
+
+    viewer = Viewer(Principal("v"), send)
+    viewer.offer(b"\x00")  # taken at once; the socket is full after it
     for n in range(1, 6):
         viewer.offer(bytes([n]))
-    assert await viewer.next_frame() == bytes([5])
-    assert (viewer.offered, viewer.skipped, viewer.taken) == (5, 4, 1)
-    waiter = asyncio.create_task(viewer.next_frame())
-    await asyncio.sleep(0)
-    viewer.offer(b"\x06")
-    assert await waiter == b"\x06"
-    waiter = asyncio.create_task(viewer.next_frame())
-    await asyncio.sleep(0)
+    assert sent == [b"\x00"]
+    full = False
+    viewer.drained()  # the socket took everything: only the newest frame follows
+    assert sent == [b"\x00", bytes([5])]
+    assert (viewer.offered, viewer.skipped, viewer.taken) == (6, 4, 2)
+    viewer.offer(b"\x06")  # room on the socket: sent at once
+    assert sent[-1] == b"\x06"
     viewer.close(CLOSE_ENDED, "done")
-    assert await waiter is None
+    viewer.offer(b"\x07")
+    viewer.drained()
+    assert sent[-1] == b"\x06" and viewer.closed
 
 
 async def test_counts_are_flushed_in_batches_not_per_frame(
     client: httpx.AsyncClient, auth: Callable[..., dict[str, str]], runtime: Runtime
 ) -> None:
-    relay: FrameRelay = runtime.services["relay"]
+    relay: FrameRelay = runtime.relay
     sid = (await client.post("/api/screen_share/start", json={}, headers=auth("user"))).json()[
         "session_id"
     ]

@@ -119,7 +119,7 @@ def settings(tmp_path: Path, receiver: Receiver) -> Settings:
 
 
 def _dispatcher(runtime: Runtime) -> WebhookDispatcher:
-    webhooks: WebhookDispatcher = runtime.services["webhooks"]
+    webhooks: WebhookDispatcher = runtime.webhooks
     return webhooks
 
 

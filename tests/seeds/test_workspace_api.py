@@ -36,7 +36,7 @@ DAY = 24 * HOUR
 
 
 def service(runtime: Runtime) -> WorkspaceService:
-    svc: WorkspaceService = runtime.services["workspaces"]
+    svc: WorkspaceService = runtime.workspaces
     return svc
 
 

@@ -1,15 +1,21 @@
-"""Live session counts (seed 001): exact, from every hub event, never by polling.
+"""Live session counts (seed 001): exact, from every committed event, never by polling.
 
-``SessionCounts`` loads the number of live (not ended) sessions from the store once, then
-moves it by one on every real create and every end (a transition into an ended state, or
-the deletion of a live session), in the order the hub publishes events. Each change yields
-a ``session_event`` message in the document's shape, so ``current_count`` is always
-``previous_count`` plus or minus one and no change is lost between two looks.
+``SessionCounts`` is a consumer of the event log (``consumers/base.py``). When it starts
+(on the node that leads the consumers) it reads the log's position, then the number of live
+(not ended) sessions and their versions from the store; from then on it moves the count by
+one on every real create and every end (a transition into an ended state, or the deletion
+of a live session), in log order. Each change yields a ``session_event`` message in the
+document's shape, so ``current_count`` is always ``previous_count`` plus or minus one and no
+change is lost between two looks.
 
-Replays cannot count twice: the hub republishes the outbox before the counts are loaded
-(those events are already in the store the load reads); afterwards a replayed creation
-(an event without a change) is never counted, and every live session is tracked by id and
-version, so an end for a session that is not live, or older than what was seen, is ignored.
+The messages are published on broker topics, so every node's KATO ``/ws`` clients get them,
+whichever node made the change: ``kato:session_events`` (the ``session_event`` messages),
+``kato:counts`` (``{"active": n}`` at start and after every change) and
+``kato:system_alerts`` (``system_alert`` messages for the live-session threshold).
+
+Nothing is counted twice: events older than what the start-up load read are recognised by
+id and version (a session the load saw as live is not created again; a version not newer
+than the one seen changes nothing; an end for a session that is not live is ignored).
 
 ``AlertTracker`` turns values and thresholds into ``system_alert`` entries, once per
 crossing: an alert fires when a value goes above its threshold and is re-armed only after
@@ -19,10 +25,13 @@ the value is back at or below it.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+import orjson
 
 from ..core.model import CREATED, DELETED, JSON, STATE_CHANGED, Event, iso
 from ..core.query import SessionQuery
@@ -34,21 +43,28 @@ SESSION_CREATED = "session_created"
 SESSION_DESTROYED = "session_destroyed"
 #: How many ended session ids are remembered to ignore a late replay of their creation.
 ENDED_MEMORY = 100_000
+#: The topics the counts are published on.
+EVENTS_TOPIC = "kato:session_events"
+COUNTS_TOPIC = "kato:counts"
+ALERTS_TOPIC = "kato:system_alerts"
 
 Sink = Callable[[JSON], None]
 
 
 class SessionCounts:
-    """The live-session count of the hub, kept exact from its events.
+    """The live-session count, kept exact from the event log.
 
-    ``kinds`` limits the count to those kinds (empty: every kind). Register ``on_event``
-    with ``hub.add_listener`` before the hub starts and call ``load`` once it has started.
-    Sinks registered with ``add_sink`` receive each ``session_event`` message synchronously.
+    ``kinds`` limits the count to those kinds (empty: every kind). Sinks registered with
+    ``add_sink`` receive each ``session_event`` message synchronously, before it is published.
+    ``alert_above`` > 0 publishes a ``system_alert`` when the count goes above it.
     """
 
-    def __init__(self, hub: Hub, *, kinds: Iterable[str] = ()) -> None:
+    name = "counts"
+
+    def __init__(self, hub: Hub, *, kinds: Iterable[str] = (), alert_above: float = 0.0) -> None:
         self.hub = hub
-        self.kinds = frozenset(kinds)
+        self.counted_kinds = frozenset(kinds)
+        self.kinds: frozenset[str] | None = self.counted_kinds or None
         self.loaded = False
         self._live: dict[str, int] = {}  # live session id -> newest version seen
         self._ended: OrderedDict[str, None] = OrderedDict()
@@ -56,6 +72,10 @@ class SessionCounts:
         self._last_at: datetime | None = None
         self.created_total = 0
         self.destroyed_total = 0
+        self.alerts = AlertTracker(
+            [Threshold("high_session_count", alert_above, "Live sessions above limit")]
+        )
+        self._outbox: list[tuple[str, bytes]] = []
 
     @property
     def active(self) -> int:
@@ -68,10 +88,41 @@ class SessionCounts:
 
     def counted(self, kind: str) -> bool:
         """Whether sessions of ``kind`` are counted."""
-        return (not self.kinds or kind in self.kinds) and kind in self.hub.kinds
+        return (not self.counted_kinds or kind in self.counted_kinds) and kind in self.hub.kinds
 
     def _is_live(self, kind: str, state: str) -> bool:
         return state not in self.hub.kinds[kind].lifecycle.ended
+
+    # -- the consumer -------------------------------------------------------------------------
+
+    async def begin(self) -> int:
+        """Read the log's position, then every live session (id and version); returns the
+        position to follow the log from."""
+        position = await self.hub.store.last_seq()
+        await self.load()
+        self.alerts.check({"high_session_count": float(self.active)})  # prime, do not alert
+        await self._publish([(COUNTS_TOPIC, self._counts())])
+        return position
+
+    async def handle(self, events: Sequence[Event], position: int) -> bool:
+        for event in events:
+            self.on_event(event)
+        out, self._outbox = self._outbox, []
+        await self._publish(out)
+        return True
+
+    async def end(self) -> None:
+        self.loaded = False
+
+    async def _publish(self, messages: list[tuple[str, bytes]]) -> None:
+        for topic, data in messages:
+            try:
+                await self.hub.broker.publish([topic], data)
+            except Exception:
+                log.exception("publishing live counts failed")
+
+    def _counts(self) -> bytes:
+        return orjson.dumps({"active": self.active})
 
     async def load(self) -> int:
         """Read every live session (id and version) from the store; returns the count."""
@@ -100,15 +151,14 @@ class SessionCounts:
 
     # -- events ----------------------------------------------------------------------------
 
-    def on_event(self, event: Event, change: object) -> None:
-        """The hub listener: move the count on a real create or end, at once."""
+    def on_event(self, event: Event) -> None:
+        """Move the count on a real create or end."""
         if not self.loaded or not self.counted(event.kind):
             return  # before ``load`` the store is the truth; the load will read it
         sid = event.session_id
         if event.type == CREATED:
-            if change is None or sid in self._live or sid in self._ended:
-                # A replay: the session was counted by ``load`` or when it was created
-                # here, and may have ended since - its creation must not count again.
+            if sid in self._live or sid in self._ended:
+                # Older than the load: counted by it (and perhaps ended since) already.
                 return
             if self._is_live(event.kind, str(event.data.get("state", ""))):
                 self._live[sid] = event.version
@@ -116,7 +166,7 @@ class SessionCounts:
         elif event.type == STATE_CHANGED:
             seen = self._live.get(sid)
             if seen is None or event.version <= seen:
-                return  # not live here, or a replay of an older change
+                return  # not live here, or older than what the load read
             if self._is_live(event.kind, str(event.data.get("to", ""))):
                 self._live[sid] = event.version
             else:
@@ -162,6 +212,21 @@ class SessionCounts:
                 sink(message)
             except Exception:
                 log.exception("session event sink failed")
+        self._outbox.append((EVENTS_TOPIC, orjson.dumps(message)))
+        self._outbox.append((COUNTS_TOPIC, self._counts()))
+        alerts = self.alerts.check({"high_session_count": float(current)})
+        if alerts:
+            self._outbox.append((ALERTS_TOPIC, orjson.dumps(alert_message(alerts, event.at))))
+
+
+def alert_message(alerts: list[JSON], at: datetime) -> JSON:
+    """A ``system_alert`` message in the document's shape."""
+    return {
+        "type": "system_alert",
+        "id": f"alert_{int(at.timestamp() * 1000)}_{secrets.token_hex(3)}",
+        "timestamp": iso(at),
+        "alerts": alerts,
+    }
 
 
 @dataclass(frozen=True, slots=True)

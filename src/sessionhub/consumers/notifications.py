@@ -7,7 +7,7 @@ asks the kind and queues the result, and one worker task then
 1. stores each notification in the ``notifications`` table, once per recipient, with an id
    derived from (event id, index, recipient): storing is an insert-if-absent, so an event
    republished from the outbox after a crash never duplicates a notification;
-2. in the same transaction enqueues the webhook deliveries (``features/webhooks.py``);
+2. in the same transaction enqueues the webhook deliveries (``consumers/webhooks.py``);
 3. after the commit, publishes each *new* notification ``{"id", "event", "data"}`` on the
    broker topic ``notifications:<user>`` (and ``admin:notifications`` for those addressed to
    admins), then wakes the webhook worker.
@@ -31,12 +31,10 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, and_, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..core.engine import Change
 from ..core.errors import Forbidden, InvalidInput
@@ -45,8 +43,7 @@ from ..core.model import JSON, Event, iso
 from ..core.principal import Principal
 from ..hub import Hub
 from ..kinds.remote_access import NOTIFY_ADMINS
-from ..store.schema import notifications, webhook_deliveries
-from ..store.sql import SqlStore
+from ..store.base import DeliveryRow, Notification, NotificationRow, Store
 from .webhooks import WebhookConfig, WebhookDispatcher
 
 log = logging.getLogger("sessionhub.notifications")
@@ -72,20 +69,6 @@ def notification_id(event_id: str, index: int, recipient: str) -> str:
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-async def _insert_if_absent(conn: AsyncConnection, table: Table, values: JSON) -> bool:
-    """INSERT ... ON CONFLICT (id) DO NOTHING; True if the row is new."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt: Any = pg_insert(table).values(**values).on_conflict_do_nothing(index_elements=["id"])
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=["id"])
-    result = await conn.execute(stmt)
-    return bool(result.rowcount == 1)
-
-
 def _has_notifications(kind: Kind) -> bool:
     return type(kind).notifications is not Kind.notifications
 
@@ -100,12 +83,8 @@ class Notifier:
         webhooks: WebhookDispatcher | None = None,
         catchup: timedelta = timedelta(hours=24),
     ) -> None:
-        store = hub.store
-        if not isinstance(store, SqlStore):
-            raise TypeError("notifications need the SQL store")
         self.hub = hub
-        self.store = store
-        self.engine: AsyncEngine = store.engine
+        self.store: Store = hub.store
         self.webhooks = webhooks
         self.catchup = catchup
         # Bounded: a burst beyond it is not dropped but rebuilt from the event log (the
@@ -122,10 +101,13 @@ class Notifier:
     ) -> Notifier:
         """A notifier feeding a webhook dispatcher (``notifier.webhooks``) on the same store."""
         notifier = cls(hub, catchup=catchup)
-        notifier.webhooks = WebhookDispatcher(
-            notifier.engine, config, clock=hub.clock, transaction=notifier.store.transaction
-        )
+        notifier.webhooks = WebhookDispatcher(hub.store, config, clock=hub.clock)
         return notifier
+
+    @property
+    def engine(self) -> Any:
+        """The store's SQLAlchemy engine, if it has one (diagnostics and tests)."""
+        return getattr(self.store, "engine", None)
 
     def install(self) -> None:
         self.hub.add_listener(self._on_event)
@@ -191,35 +173,36 @@ class Notifier:
 
     async def store_and_push(self, event: Event, notes: Sequence[JSON]) -> int:
         """Store the notifications of one event (idempotent) and push the new ones."""
-        fresh: list[tuple[str, bytes]] = []
-        enqueued = False
         now = self.hub.clock()
-        async with self.store.transaction() as conn:
-            for i, note in enumerate(notes):
-                recipients = [event.owner]
-                if note.get(NOTIFY_ADMINS):
-                    recipients.append(ADMINS)
-                for user in recipients:
-                    nid = notification_id(event.id, i, user)
-                    row = {
-                        "id": nid,
-                        "user_id": user,
-                        "event": note["event"],
-                        "session_id": event.session_id,
-                        "data": orjson.dumps(note["data"]).decode(),
-                        "created_at": event.at,
-                    }
-                    if await _insert_if_absent(conn, notifications, row):
-                        pushed = {"id": nid, "event": note["event"], "data": note["data"]}
-                        fresh.append((user_topic(user), orjson.dumps(pushed)))
-                if self.webhooks is not None and self.webhooks.enabled:
-                    primary = notification_id(event.id, i, event.owner)
-                    for values in self.webhooks.rows_for(primary, note, now):
-                        enqueued |= await _insert_if_absent(conn, webhook_deliveries, values)
-        for topic, frame in fresh:
-            await self.hub.broker.publish([topic], frame)
+        rows: list[NotificationRow] = []
+        deliveries: list[DeliveryRow] = []
+        for i, note in enumerate(notes):
+            recipients = [event.owner]
+            if note.get(NOTIFY_ADMINS):
+                recipients.append(ADMINS)
+            for user in recipients:
+                rows.append(
+                    NotificationRow(
+                        id=notification_id(event.id, i, user),
+                        user_id=user,
+                        event=note["event"],
+                        session_id=event.session_id,
+                        data=note["data"],
+                        created_at=event.at,
+                    )
+                )
+            if self.webhooks is not None and self.webhooks.enabled:
+                primary = notification_id(event.id, i, event.owner)
+                deliveries += self.webhooks.rows_for(primary, note, now)
+        # One transaction for the notifications and their deliveries, insert-if-absent.
+        added = await self.store.insert_notifications(rows, deliveries)
+        new = set(added.notifications)
+        fresh = [row for row in rows if row.id in new]
+        for row in fresh:
+            pushed = {"id": row.id, "event": row.event, "data": row.data}
+            await self.hub.broker.publish([user_topic(row.user_id)], orjson.dumps(pushed))
         self.stored += len(fresh)
-        if enqueued and self.webhooks is not None:
+        if added.deliveries and self.webhooks is not None:
             self.webhooks.wake()
         return len(fresh)
 
@@ -234,10 +217,9 @@ class Notifier:
             cutoff = since
         else:
             cutoff = self.hub.clock() - self.catchup
-            async with self.engine.connect() as conn:
-                newest = (await conn.execute(select(func.max(notifications.c.created_at)))).scalar()
-            if isinstance(newest, datetime):
-                cutoff = max(cutoff, _aware(newest) - CATCHUP_MARGIN)
+            newest = await self.store.newest_notification_at()
+            if newest is not None:
+                cutoff = max(cutoff, newest - CATCHUP_MARGIN)
         last_seq = 0
         added = 0
         for _ in range(10_000):  # bounded: 5,000,000 events
@@ -278,51 +260,28 @@ class Notifier:
         """Newest first: ``{"notifications", "total", "unread", "next_cursor"}``."""
         await self.drain()
         users = self._recipients(principal, user)
-        where: list[Any] = [notifications.c.user_id.in_(users)]
-        if unread:
-            where.append(notifications.c.read_at.is_(None))
-        page_where = list(where)
-        if cursor:
-            if not cursor.isdigit():
-                raise InvalidInput("invalid cursor")
-            page_where.append(notifications.c.seq < int(cursor))
-        stmt = (
-            select(notifications)
-            .where(and_(*page_where))
-            .order_by(notifications.c.seq.desc())
-            .limit(limit + 1)
+        if cursor and not cursor.isdigit():
+            raise InvalidInput("invalid cursor")
+        page = await self.store.list_notifications(
+            users, limit=limit, before_seq=int(cursor) if cursor else None, unread_only=unread
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-            total = (
-                await conn.execute(select(func.count()).select_from(notifications).where(*where))
-            ).scalar_one()
-            unread_count = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(notifications)
-                    .where(notifications.c.user_id.in_(users), notifications.c.read_at.is_(None))
-                )
-            ).scalar_one()
-        items = [self._item(r._mapping) for r in rows[:limit]]
-        more = len(rows) > limit
         return {
-            "notifications": items,
-            "total": int(total),
-            "unread": int(unread_count),
-            "next_cursor": str(rows[limit - 1]._mapping["seq"]) if more else None,
+            "notifications": [self._item(n) for n in page.items],
+            "total": page.total,
+            "unread": page.unread,
+            "next_cursor": None if page.next_before is None else str(page.next_before),
         }
 
     @staticmethod
-    def _item(m: Any) -> JSON:
+    def _item(n: Notification) -> JSON:
         return {
-            "id": m["id"],
-            "event": m["event"],
-            "data": orjson.loads(m["data"]),
-            "user_id": m["user_id"],
-            "session_id": m["session_id"],
-            "created_at": iso(m["created_at"]),
-            "read": m["read_at"] is not None,
+            "id": n.id,
+            "event": n.event,
+            "data": n.data,
+            "user_id": n.user_id,
+            "session_id": n.session_id,
+            "created_at": iso(n.created_at),
+            "read": n.read_at is not None,
         }
 
     async def mark_read(
@@ -333,15 +292,6 @@ class Notifier:
         if not everything and not ids:
             raise InvalidInput("send ids or all: true")
         users = self._recipients(principal, None)
-        where: list[Any] = [notifications.c.user_id.in_(users), notifications.c.read_at.is_(None)]
-        if not everything:
-            where.append(notifications.c.id.in_(list(ids or ())))
-        async with self.store.transaction() as conn:
-            result = await conn.execute(
-                update(notifications).where(and_(*where)).values(read_at=self.hub.clock())
-            )
-        return max(0, result.rowcount or 0)
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+        return await self.store.mark_notifications_read(
+            users, at=self.hub.clock(), ids=None if everything else list(ids or ())
+        )

@@ -38,7 +38,6 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,12 +45,10 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import and_, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .. import __version__
 from ..core.model import JSON, iso
-from ..store.schema import webhook_deliveries
+from ..store.base import Delivery, DeliveryRow, DeliveryStatus, Store
 
 log = logging.getLogger("sessionhub.webhooks")
 
@@ -147,6 +144,9 @@ def _load_or_create_secret(data_dir: Path) -> str:
     return value
 
 
+_STATUSES: dict[str, DeliveryStatus] = {s: s for s in ("pending", "delivered", "failed")}
+
+
 def delivery_id(event_id: str, url: str) -> str:
     return hashlib.blake2b(f"{event_id}\x1f{url}".encode(), digest_size=16).hexdigest()
 
@@ -156,16 +156,13 @@ class WebhookDispatcher:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        store: Store,
         config: WebhookConfig,
         *,
         clock: Callable[[], datetime],
         client: httpx.AsyncClient | None = None,
-        transaction: Callable[[], AbstractAsyncContextManager[AsyncConnection]] | None = None,
     ) -> None:
-        self.engine = engine
-        # The store's own write transaction (on SQLite: the only writer); plain otherwise.
-        self._transaction = transaction or engine.begin
+        self.store = store
         self.config = config
         self.clock = clock
         self._client = client
@@ -180,18 +177,22 @@ class WebhookDispatcher:
     def enabled(self) -> bool:
         return bool(self.config.urls)
 
-    def rows_for(self, event_id: str, note: JSON, now: datetime) -> list[JSON]:
+    @property
+    def engine(self) -> Any:
+        """The store's SQLAlchemy engine, if it has one (diagnostics and tests)."""
+        return getattr(self.store, "engine", None)
+
+    def rows_for(self, event_id: str, note: JSON, now: datetime) -> list[DeliveryRow]:
         """The delivery rows for one notification (one per URL), to insert idempotently."""
         body = orjson.dumps({"id": event_id, "event": note["event"], "data": note["data"]})
         return [
-            {
-                "id": delivery_id(event_id, url),
-                "url": url,
-                "body": body.decode(),
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
+            DeliveryRow(
+                id=delivery_id(event_id, url),
+                url=url,
+                body=body.decode(),
+                next_attempt_at=now,
+                created_at=now,
+            )
             for url in self.config.urls
         ]
 
@@ -228,60 +229,33 @@ class WebhookDispatcher:
     async def run_once(self) -> int:
         """Send every due delivery once (one batch); returns the attempts made."""
         async with self._lock:
-            now = self.clock()
-            stmt = (
-                select(webhook_deliveries)
-                .where(
-                    and_(
-                        webhook_deliveries.c.delivered_at.is_(None),
-                        webhook_deliveries.c.failed_at.is_(None),
-                        webhook_deliveries.c.next_attempt_at <= now,
-                    )
-                )
-                .order_by(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.seq)
-                .limit(self.config.batch)
-            )
-            async with self.engine.connect() as conn:
-                rows = [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+            rows = await self.store.due_deliveries(self.clock(), self.config.batch)
             if not rows:
                 return 0
             sem = asyncio.Semaphore(self.config.concurrency)
 
-            async def one(row: JSON) -> bool:
+            async def one(row: Delivery) -> bool:
                 async with sem:
                     return await self._attempt(row)
 
             done = await asyncio.gather(*(one(r) for r in rows))
             return sum(1 for d in done if d)
 
-    async def _attempt(self, row: JSON) -> bool:
+    async def _attempt(self, row: Delivery) -> bool:
         cfg = self.config
-        attempt = int(row["attempts"]) + 1
+        attempt = row.attempts + 1
         now = self.clock()
         # Claim: whoever moves ``attempts`` first sends this attempt; the lease covers the
         # request timeout so a node that dies mid-request is retried later by another.
         lease = now + timedelta(seconds=cfg.timeout + cfg.delay(attempt))
-        async with self._transaction() as conn:
-            claimed = await conn.execute(
-                update(webhook_deliveries)
-                .where(
-                    and_(
-                        webhook_deliveries.c.id == row["id"],
-                        webhook_deliveries.c.attempts == row["attempts"],
-                        webhook_deliveries.c.delivered_at.is_(None),
-                        webhook_deliveries.c.failed_at.is_(None),
-                    )
-                )
-                .values(attempts=attempt, next_attempt_at=lease)
-            )
-        if claimed.rowcount != 1:
+        if not await self.store.claim_delivery(row.id, row.attempts, lease):
             return False
-        body = row["body"].encode()
+        body = row.body.encode()
         parsed = orjson.loads(body)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"sessionhub-webhooks/{__version__}",
-            EVENT_ID_HEADER: str(parsed.get("id", row["id"])),
+            EVENT_ID_HEADER: str(parsed.get("id", row.id)),
             EVENT_HEADER: str(parsed.get("event", "")),
             TIMESTAMP_HEADER: str(int(now.timestamp())),
             ATTEMPT_HEADER: str(attempt),
@@ -291,7 +265,7 @@ class WebhookDispatcher:
         assert self._client is not None, "start() the dispatcher first"
         try:
             resp = await self._client.post(
-                row["url"], content=body, headers=headers, timeout=cfg.timeout
+                row.url, content=body, headers=headers, timeout=cfg.timeout
             )
             if not 200 <= resp.status_code < 300:
                 error = f"HTTP {resp.status_code}"
@@ -299,75 +273,40 @@ class WebhookDispatcher:
             error = f"{type(exc).__name__}: {exc}"[:500]
         self.attempts += 1
         done_at = self.clock()
-        values: JSON
         if error is None:
-            values = {"delivered_at": done_at, "last_error": None}
+            await self.store.finish_delivery(row.id, last_error=None, delivered_at=done_at)
             self.delivered += 1
         elif attempt >= cfg.max_attempts:
-            values = {"failed_at": done_at, "last_error": error}
-            log.warning("webhook %s to %s failed for good: %s", row["id"], row["url"], error)
+            log.warning("webhook %s to %s failed for good: %s", row.id, row.url, error)
+            await self.store.finish_delivery(row.id, last_error=error, failed_at=done_at)
         else:
-            values = {
-                "next_attempt_at": done_at + timedelta(seconds=cfg.delay(attempt)),
-                "last_error": error,
-            }
-        async with self._transaction() as conn:
-            await conn.execute(
-                update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == row["id"])
-                .values(**values)
-            )
+            retry_at = done_at + timedelta(seconds=cfg.delay(attempt))
+            await self.store.finish_delivery(row.id, last_error=error, retry_at=retry_at)
         return True
 
     async def deliveries(self, *, limit: int = 50, status: str | None = None) -> list[JSON]:
-        """Newest deliveries first, for operators: status pending | delivered | failed."""
-        stmt = select(webhook_deliveries).order_by(webhook_deliveries.c.seq.desc()).limit(limit)
-        if status == "delivered":
-            stmt = stmt.where(webhook_deliveries.c.delivered_at.is_not(None))
-        elif status == "failed":
-            stmt = stmt.where(webhook_deliveries.c.failed_at.is_not(None))
-        elif status == "pending":
-            stmt = stmt.where(
-                and_(
-                    webhook_deliveries.c.delivered_at.is_(None),
-                    webhook_deliveries.c.failed_at.is_(None),
-                )
-            )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        """Newest deliveries first, for operators: status pending | delivered | failed
+        (any other status: all of them)."""
+        chosen = _STATUSES.get(status or "")
         out = []
-        for r in rows:
-            m = r._mapping
-            body = orjson.loads(m["body"])
+        for d in await self.store.list_deliveries(limit=limit, status=chosen):
+            body = orjson.loads(d.body)
             out.append(
                 {
-                    "id": m["id"],
+                    "id": d.id,
                     "event_id": body.get("id"),
                     "event": body.get("event"),
-                    "url": m["url"],
-                    "attempts": m["attempts"],
-                    "status": "delivered"
-                    if m["delivered_at"]
-                    else ("failed" if m["failed_at"] else "pending"),
-                    "next_attempt_at": iso(m["next_attempt_at"]),
-                    "delivered_at": iso(m["delivered_at"]),
-                    "failed_at": iso(m["failed_at"]),
-                    "last_error": m["last_error"],
-                    "created_at": iso(m["created_at"]),
+                    "url": d.url,
+                    "attempts": d.attempts,
+                    "status": d.status,
+                    "next_attempt_at": iso(d.next_attempt_at),
+                    "delivered_at": iso(d.delivered_at),
+                    "failed_at": iso(d.failed_at),
+                    "last_error": d.last_error,
+                    "created_at": iso(d.created_at),
                 }
             )
         return out
 
     async def count_pending(self) -> int:
-        stmt = (
-            select(func.count())
-            .select_from(webhook_deliveries)
-            .where(
-                and_(
-                    webhook_deliveries.c.delivered_at.is_(None),
-                    webhook_deliveries.c.failed_at.is_(None),
-                )
-            )
-        )
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(stmt)).scalar_one())
+        return await self.store.count_pending_deliveries()

@@ -72,3 +72,18 @@ class PreconditionFailed(SessionHubError):
 class Unavailable(SessionHubError):
     status = 503
     title = "Unavailable"
+
+
+class IdempotencyConflict(SessionHubError):
+    """An ``Idempotency-Key`` was used before, by the same owner, for a different request
+    (another fingerprint): the IETF idempotency-key draft answers 422, not a replay."""
+
+    status = 422
+    title = "Idempotency-Key reused"
+
+
+class TooManyRequests(SessionHubError):
+    """A per-client limit was reached (connections per address, request rates)."""
+
+    status = 429
+    title = "Too many requests"

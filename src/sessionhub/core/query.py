@@ -19,7 +19,8 @@ class SessionQuery:
     limit: int = 50
     cursor: str | None = None
     offset: int | None = None
-    #: Case-insensitive text that the session's id, owner or attributes must contain.
+    #: Case-insensitive text that the session's id, owner or attributes (JSON) must
+    #: contain, as a plain substring (``%`` and ``_`` are no wildcards).
     text: str | None = None
 
     def replace(self, **changes: Any) -> SessionQuery:

@@ -15,8 +15,15 @@ and flushed to the session's counter every ``flush_interval`` seconds, when the 
 (``flush`` before the stop) and at shutdown: one database write per interval, not per frame.
 Frames also keep the session alive (a heartbeat at most once per ``heartbeat_interval``).
 
-The relay is transport-free: ``server/stream_relay.py`` pumps a WebSocket into it. Close
-codes it asks the transport to use are in ``CLOSE_CODES``.
+Frames cross nodes: the sharer's node counts a frame and broadcasts it on the broker topic
+``frames:<session id>`` (``Broker.broadcast``: no offset, no history); every node with viewers
+of that share follows the topic and offers the frame to its own viewers. A share's end and
+its admission list come from the broker topic ``sessions:screen_share``, so a viewer on
+another node is closed or dismissed just as a local one.
+
+The relay is transport-free: the ``/stream/{id}`` wire (``server/realtime/frames.py``) gives
+each participant a ``send`` and a ``close`` and tells a viewer when its socket has drained.
+Close codes it asks the transport to use are in ``CLOSE_CODES``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.engine import Change
+import orjson
+
 from ..core.errors import (
     Forbidden,
     IllegalTransition,
@@ -38,8 +46,9 @@ from ..core.errors import (
     SessionHubError,
     VersionConflict,
 )
-from ..core.model import JSON, STATE_CHANGED, UPDATED, Event, Session
+from ..core.model import JSON, STATE_CHANGED, UPDATED, Session
 from ..core.principal import SYSTEM_PRINCIPAL, Principal
+from ..core.streams import Publication
 from ..hub import Hub
 from ..kinds.screen_share import QUALITY
 
@@ -89,56 +98,74 @@ def close_code_for(exc: SessionHubError) -> int:
 
 
 class Participant:
-    """One connection in a room; ``closed`` is set when the relay wants it gone."""
+    """One connection in a room. The transport sets ``on_close``; the relay calls ``close``."""
 
     def __init__(self, principal: Principal, role: str, ticket: int = 0) -> None:
         self.principal = principal
         self.role = role
         #: Arrival order of the connection: among sharers, the newest wins.
         self.ticket = ticket
-        self.closed = asyncio.Event()
+        self.closed = False
         self.close_code = CLOSE_ENDED
         self.close_reason = ""
+        #: What the transport does when the relay ends this participant.
+        self.on_close: Callable[[int, str], None] | None = None
 
     def close(self, code: int, reason: str) -> None:
-        if not self.closed.is_set():
+        if not self.closed:
+            self.closed = True
             self.close_code = code
             self.close_reason = reason
-            self.closed.set()
+            if self.on_close is not None:
+                self.on_close(code, reason)
 
 
 class Viewer(Participant):
-    """A viewer with a one-frame slot: ``offer`` replaces, ``next_frame`` takes."""
+    """A viewer with a one-frame slot. ``offer`` sends a frame at once while the viewer's
+    socket takes it, else keeps it in the slot (replacing an older one, which is skipped);
+    ``drained`` (the socket took everything) sends what the slot holds."""
 
-    def __init__(self, principal: Principal) -> None:
+    def __init__(self, principal: Principal, send: Callable[[bytes], bool] | None = None) -> None:
         super().__init__(principal, "viewer")
+        #: Writes a frame; returns whether the socket can take another one right away.
+        self.send = send
         self._slot: bytes | None = None
-        self._ready = asyncio.Event()
+        self._ready = send is not None
         self.offered = 0
         self.skipped = 0
         self.taken = 0
 
     def offer(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self.offered += 1
+        if self._ready and self._slot is None:
+            self._write(frame)
+            return
         if self._slot is not None:
             self.skipped += 1  # the previous frame was never sent: the viewer is behind
         self._slot = frame
-        self.offered += 1
-        self._ready.set()
 
-    def close(self, code: int, reason: str) -> None:
-        super().close(code, reason)
-        self._ready.set()  # wake ``next_frame`` so the sender ends
-
-    async def next_frame(self) -> bytes | None:
-        """The newest frame not yet taken (waits for one); None once the viewer is closed."""
-        while self._slot is None and not self.closed.is_set():
-            self._ready.clear()
-            await self._ready.wait()
-        if self.closed.is_set():
-            return None
+    def drained(self) -> None:
+        """The socket has room again: send the newest frame kept meanwhile."""
+        if self.closed or self.send is None:
+            return
+        self._ready = True
         frame, self._slot = self._slot, None
-        self.taken += 1
+        if frame is not None:
+            self._write(frame)
+
+    def take(self) -> bytes | None:
+        """The newest frame not yet sent (for a transport that pulls), or None."""
+        frame, self._slot = self._slot, None
+        if frame is not None:
+            self.taken += 1
         return frame
+
+    def _write(self, frame: bytes) -> None:
+        assert self.send is not None
+        self.taken += 1
+        self._ready = self.send(frame)
 
 
 @dataclass
@@ -171,7 +198,7 @@ class Room:
     def close_all(self, code: int, reason: str) -> None:
         if self.sharer is not None:
             self.sharer.close(code, reason)
-        for v in self.viewers:
+        for v in list(self.viewers):
             v.close(code, reason)
 
 
@@ -205,14 +232,21 @@ class FrameRelay:
         self.frames_received = 0
         self.flushes = 0
         self._task: asyncio.Task[None] | None = None
-
-    def install(self) -> None:
-        self.hub.add_listener(self._on_event)
+        self._unsubscribe: Callable[[], None] | None = None
+        #: session id -> unsubscriber of its ``frames:<id>`` topic (while it has viewers here).
+        self._frames: dict[str, Callable[[], None]] = {}
 
     async def start(self) -> None:
+        self._unsubscribe = self.hub.broker.subscribe(f"sessions:{KIND}", self._on_event)
         self._task = asyncio.create_task(self._flush_loop(), name="sessionhub-relay-flush")
 
     async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for undo in self._frames.values():
+            undo()
+        self._frames.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -258,44 +292,62 @@ class FrameRelay:
         if principal.sub != s.owner:
             raise Forbidden("only the owner of a screen share may send its frames")
         room = self._room(s)
-        if room.sharer is not None:
-            if room.sharer.ticket > ticket:
-                raise Replaced("a newer sharer connection of this share is already sending")
-            room.sharer.close(CLOSE_REPLACED, CLOSE_CODES[CLOSE_REPLACED])
-        room.sharer = Participant(principal, "sharer", ticket)
-        return room, room.sharer
+        old = room.sharer
+        if old is not None and old.ticket > ticket:
+            raise Replaced("a newer sharer connection of this share is already sending")
+        sharer = room.sharer = Participant(principal, "sharer", ticket)
+        if old is not None:
+            # After the new one is in place: closing the old one makes it leave the room,
+            # which must not find the room empty and drop it.
+            old.close(CLOSE_REPLACED, CLOSE_CODES[CLOSE_REPLACED])
+        return room, sharer
 
-    async def join_viewer(self, principal: Principal, session_id: str) -> tuple[Room, Viewer]:
+    async def join_viewer(
+        self, principal: Principal, session_id: str, send: Callable[[bytes], bool] | None = None
+    ) -> tuple[Room, Viewer]:
+        """Admit a viewer; ``send`` writes a frame to it (see ``Viewer``). Joining does not
+        send anything yet: call ``welcome`` once the transport is ready for frames."""
         s = await self._load(session_id)
         room = self._room(s)
         room.admitted = _admitted(s)
         if not room.may_view(principal):
             raise Forbidden("you are not admitted to this screen share; ask its owner")
-        viewer = Viewer(principal)
+        viewer = Viewer(principal, send)
         room.viewers.add(viewer)
+        if session_id not in self._frames:
+            self._frames[session_id] = self.hub.broker.subscribe(
+                f"frames:{session_id}", self._on_frame
+            )
+        return room, viewer
+
+    @staticmethod
+    def welcome(room: Room, viewer: Viewer) -> None:
+        """Send a viewer that just joined the newest frame at once."""
         if room.last_frame is not None:
             viewer.offer(room.last_frame)
-        return room, viewer
 
     def leave(self, room: Room, participant: Participant) -> None:
         if room.sharer is participant:
             room.sharer = None
         if isinstance(participant, Viewer):
             room.viewers.discard(participant)
+        if not room.viewers:
+            undo = self._frames.pop(room.session_id, None)
+            if undo is not None:
+                undo()
         if room.sharer is None and not room.viewers and self.rooms.get(room.session_id) is room:
             del self.rooms[room.session_id]
 
     # -- frames -------------------------------------------------------------------------
 
     async def frame(self, room: Room, sharer: Participant, data: bytes) -> None:
-        """One frame from the sharer: count it and put it in every viewer's slot."""
-        if room.sharer is not sharer or sharer.closed.is_set():
+        """One frame from the sharer: count it and offer it to every viewer, on every node."""
+        if room.sharer is not sharer or sharer.closed:
             return  # a replaced or closed sharer's late frames are not relayed
         self.frames_received += 1
         self._unflushed[room.session_id] = self._unflushed.get(room.session_id, 0) + 1
         room.last_frame = data
-        for viewer in room.viewers:
-            viewer.offer(data)
+        await self.hub.broker.broadcast(f"frames:{room.session_id}", data)
         now = self._monotonic()
         if now - room.last_heartbeat >= self.heartbeat_interval:
             room.last_heartbeat = now
@@ -336,16 +388,31 @@ class FrameRelay:
 
     # -- session changes ----------------------------------------------------------------
 
-    def _on_event(self, event: Event, change: Change | None) -> None:
-        if event.kind != KIND:
-            return
-        room = self.rooms.get(event.session_id)
+    def _on_frame(self, pub: Publication) -> None:
+        room = self.rooms.get(pub.topic.removeprefix("frames:"))
         if room is None:
             return
-        snap = event.data.get("session")
-        if event.type == STATE_CHANGED and event.data.get("to") != "active":
-            room.close_all(CLOSE_ENDED, f"session {event.data.get('to')}")
-        elif event.type == UPDATED and isinstance(snap, dict):
+        room.last_frame = pub.data
+        for viewer in list(room.viewers):
+            viewer.offer(pub.data)
+
+    def _on_event(self, pub: Publication) -> None:
+        try:
+            event = orjson.loads(pub.data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(event, dict):
+            return
+        room = self.rooms.get(str(event.get("session_id")))
+        if room is None:
+            return
+        raw = event.get("data")
+        data: JSON = raw if isinstance(raw, dict) else {}
+        snap = data.get("session")
+        kind = event.get("type")
+        if kind == STATE_CHANGED and data.get("to") != "active":
+            room.close_all(CLOSE_ENDED, f"session {data.get('to')}")
+        elif kind == UPDATED and isinstance(snap, dict):
             viewers = (snap.get("attributes") or {}).get("viewers")
             room.admitted = (
                 frozenset(v for v in viewers if isinstance(v, str))

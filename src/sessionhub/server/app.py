@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
@@ -14,7 +13,6 @@ from ..settings import Settings
 from . import notifications, problems, realtime, rest, sse, system
 from .compat import grace, jambot
 from .observe import Metrics, ObserveMiddleware
-from .realtime import frames, kato
 from .runtime import Runtime, build_runtime
 
 #: Routers of the transports; an adapter module adds itself here.
@@ -23,19 +21,9 @@ ROUTERS: list[APIRouter] = [
     # Before the other session routers: its /api/sessions/active|history are fixed paths.
     grace.router,
     notifications.router,
-    frames.router,
     jambot.router,
     sse.router,
     rest.router,
-]
-
-#: Functions that attach services to the runtime before it starts (realtime, adapters, ...).
-INSTALLERS: list[Callable[[FastAPI, Runtime], None]] = [
-    realtime.install,  # first: adapters find runtime.services["realtime"]
-    jambot.install,
-    kato.install,
-    notifications.install,
-    frames.install,
 ]
 
 
@@ -63,18 +51,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)
-    for install in INSTALLERS:
-        install(app, runtime)
+    # Every realtime route also through the ASGI app (any ASGI server, the test client);
+    # under `sessionhub serve` the native engine answers them first.
+    realtime.mount(app, runtime.realtime)
 
     def count_event(event: Event, _change: object) -> None:
         metrics.events.labels(event.type).inc()
 
     runtime.hub.add_listener(count_event)
-
-    def realtime_stats() -> Mapping[str, Any] | None:
-        service = runtime.services.get("realtime")
-        return service.stats() if service is not None else None
-
-    metrics.watch_realtime(realtime_stats)
+    metrics.watch_realtime(runtime.realtime.stats)
     app.add_middleware(ObserveMiddleware, metrics=metrics, max_body=runtime.settings.max_body_bytes)
     return app

@@ -1,54 +1,103 @@
-"""Builds the running pieces (store, broker, hub, scheduler, auth) from settings."""
+"""Builds the running pieces of one node from settings, as typed fields.
+
+The hub (store, broker, presence), the scheduler, the authenticator, the realtime node with
+its wire formats, the frame relay, the consumers of the event log and the seed applications'
+services. Everything that starts and stops does so in :meth:`Runtime.start` and
+:meth:`Runtime.close`, in dependency order.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..auth import Authenticator, load_or_create_secret, parse_api_keys
+from ..consumers.base import Consumers
+from ..consumers.counts import SessionCounts
+from ..consumers.notifications import Notifier
+from ..consumers.webhooks import WebhookConfig, WebhookDispatcher
 from ..hub import Hub, open_hub, utcnow
+from ..relay.frames import FrameRelay
 from ..scheduler import Scheduler
 from ..settings import Settings
+from ..workflows.workspaces import WorkspaceService
+from .realtime.centrifugo import PATH as CENTRIFUGO_PATH
+from .realtime.centrifugo import Centrifugo, CentrifugoConfig
+from .realtime.frames import PATH as FRAMES_PATH
+from .realtime.frames import Frames
+from .realtime.kato import PATH as KATO_PATH
+from .realtime.kato import KatoConfig, KatoService
+from .realtime.node import RealtimeNode
 
 log = logging.getLogger("sessionhub")
+
+Step = Callable[[], Awaitable[Any]]
 
 
 @dataclass
 class Runtime:
-    """Everything one server process runs; transports reach the hub through it."""
+    """Everything one server process runs; transports reach the hub and services here."""
 
     settings: Settings
     hub: Hub
     scheduler: Scheduler
     auth: Authenticator
+    realtime: RealtimeNode
+    centrifugo: Centrifugo
+    relay: FrameRelay
+    consumers: Consumers
+    notifier: Notifier
+    webhooks: WebhookDispatcher
+    workspaces: WorkspaceService
+    #: KATO's ``/ws`` (None when ``SESSIONHUB_KATO_ENABLED=0``) and its live counts.
+    kato: KatoService | None = None
+    counts: SessionCounts | None = None
     secret_created: bool = False
-    #: Extra objects that adapters attach (relay, notifier, ...), by name.
-    services: dict[str, Any] = field(default_factory=dict)
-    #: Async callables run at start / close, in order (close in reverse).
-    on_start: list[Callable[[], Any]] = field(default_factory=list)
-    on_close: list[Callable[[], Any]] = field(default_factory=list)
+    #: Async steps run at start / close, in order (close in reverse), after the built-in ones.
+    on_start: list[Step] = field(default_factory=list)
+    on_close: list[Step] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.hub.start()
+        await self.realtime.start()
+        if self.kato is not None:
+            await self.kato.start()
+        await self.relay.start()
+        # Webhooks start first and stop last, so the notifier can still wake them.
+        await self.webhooks.start()
+        await self.notifier.start()
         for fn in self.on_start:
             await fn()
+        await self.consumers.start()
         self.scheduler.start()
 
     async def close(self) -> None:
-        await self.scheduler.stop()
-        for fn in reversed(self.on_close):
+        steps: list[Step] = [self.scheduler.stop, self.consumers.close]
+        steps += list(reversed(self.on_close))
+        steps += [self.workspaces.close, self.notifier.close, self.webhooks.close]
+        steps += [self.relay.close]
+        if self.kato is not None:
+            steps.append(self.kato.close)
+        steps.append(self.realtime.close)
+        for step in steps:
             try:
-                await fn()
+                await step()
             except Exception:
                 log.exception("shutdown step failed")
         await self.hub.close()
 
 
+def _extra(settings: Settings, name: str, default: Any) -> Any:
+    # Settings.extra wins over the SESSIONHUB_* settings (tests and the benchmarks use it).
+    return settings.extra.get(name, default)
+
+
 def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Runtime:
-    """Wire the store, broker, hub, scheduler and authenticator for ``settings``."""
+    """Wire every piece of a node for ``settings``."""
     created = False
     secret = settings.jwt_secret
     public_key = settings.public_key_pem()
@@ -59,6 +108,83 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
     )
     hub = open_hub(settings, clock=clock)
     scheduler = Scheduler(hub, interval=settings.sweep_interval or None)
+
+    node = RealtimeNode(
+        hub,
+        auth,
+        ping_interval=settings.ping_interval,
+        max_queue_bytes=int(
+            _extra(settings, "realtime_queue_bytes", settings.realtime_queue_bytes)
+        ),
+        max_per_peer=int(
+            _extra(settings, "realtime_max_per_address", settings.realtime_max_per_address)
+        ),
+        close_timeout=float(
+            _extra(settings, "realtime_close_timeout", settings.realtime_close_timeout)
+        ),
+        recover_limit=settings.history_size,
+    )
+    publish = _extra(settings, "realtime_publish_topics", settings.realtime_publish_topics)
+    if isinstance(publish, str):
+        publish = [p.strip() for p in publish.split(",") if p.strip()]
+    centrifugo = Centrifugo(
+        node,
+        CentrifugoConfig(
+            max_subscriptions=int(
+                _extra(settings, "realtime_max_subscriptions", settings.realtime_max_subscriptions)
+            ),
+            recover_limit=settings.history_size,
+            publish_topics=tuple(publish),
+        ),
+    )
+    node.route(CENTRIFUGO_PATH, centrifugo.open, wire="centrifugo")
+
+    flush = float(
+        _extra(settings, "relay_flush_seconds", None)
+        or os.environ.get("SESSIONHUB_RELAY_FLUSH_SECONDS")
+        or 2.0
+    )
+    relay = FrameRelay(hub, flush_interval=flush)
+    node.route(FRAMES_PATH, Frames(relay).open, wire="frames")
+
+    consumers = Consumers(hub, node_id=settings.resolved_node_id())
+    kato: KatoService | None = None
+    counts: SessionCounts | None = None
+    kato_config = KatoConfig.load(os.environ, settings.extra)
+    if kato_config.enabled:
+        counts = SessionCounts(
+            hub,
+            kinds=kato_config.kind_list(),
+            alert_above=kato_config.alert_active_sessions if kato_config.system_alerts else 0.0,
+        )
+        consumers.add(counts)
+        kato = KatoService(node, kato_config, counts)
+        node.route(KATO_PATH, kato.open, wire="kato")
+
+    webhook_config = WebhookConfig.load(extra=settings.extra, data_dir=settings.data_dir)
+    hours = float(
+        _extra(settings, "notification_catchup_hours", None)
+        or os.environ.get("SESSIONHUB_NOTIFICATION_CATCHUP_HOURS")
+        or 24
+    )
+    notifier = Notifier.with_webhooks(hub, webhook_config, catchup=timedelta(hours=hours))
+    assert notifier.webhooks is not None
+    notifier.install()
+    workspaces = WorkspaceService(hub)
+    workspaces.install()
     return Runtime(
-        settings=settings, hub=hub, scheduler=scheduler, auth=auth, secret_created=created
+        settings=settings,
+        hub=hub,
+        scheduler=scheduler,
+        auth=auth,
+        realtime=node,
+        centrifugo=centrifugo,
+        relay=relay,
+        consumers=consumers,
+        notifier=notifier,
+        webhooks=notifier.webhooks,
+        workspaces=workspaces,
+        kato=kato,
+        counts=counts,
+        secret_created=created,
     )

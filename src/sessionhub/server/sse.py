@@ -9,21 +9,26 @@
 The ``id`` is the stream position after the event: ``<offset>:<epoch>`` for one topic, and
 ``<topic>@<offset>:<epoch>`` for each topic, space-separated, for several. A client that
 reconnects sends it back as ``Last-Event-ID`` (browsers do this by themselves; curl users
-pass the header, or ``?last_event_id=``) and receives exactly the events it missed — or, when
-they are out of the history window or the epoch changed, an explicit ``unrecovered`` event
-telling it to reload its snapshot. Each topic starts with a ``subscribed`` event carrying its
-position. Comments (``: ping``) keep idle connections open. Permissions are those of the
-WebSocket protocol; the token comes in ``Authorization: Bearer`` or, for ``EventSource``
-(which cannot send headers), ``?token=``.
+pass the header, or ``?last_event_id=``) and receives exactly the events it missed — or an
+explicit ``unrecovered`` event telling it to reload its snapshot: when they are out of the
+history window, when the epoch changed, when the position names no epoch (a bare offset
+cannot prove that the stream it counted in still exists), or when it is not a position at
+all. Each topic starts with a ``subscribed`` event carrying its position. Comments
+(``: ping``) keep idle connections open. Permissions are those of the WebSocket protocol;
+the token comes in ``Authorization: Bearer`` or, for ``EventSource`` (which cannot send
+headers), ``?token=``.
+
+A stream is a connection of the realtime engine like any socket (``server/realtime``): the
+same registry, slow-consumer policy (3008), keep-alive tick and metrics; the same recovery
+decision (``core/recovery.py``) as the WebSocket protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
@@ -31,46 +36,20 @@ from fastapi.responses import StreamingResponse
 
 from ..core import codes
 from ..core.centrifugo import valid_topic
-from ..core.codes import Code
-from ..core.errors import Forbidden, InvalidInput
-from ..core.principal import Principal
+from ..core.errors import Forbidden, InvalidInput, TooManyRequests
+from ..core.recovery import Malformed, Recovery, Resume, format_id, needs_history, parse_id
+from ..core.recovery import activate as join_stream
+from ..core.recovery import recover as decide
 from ..core.streams import Publication, StreamPosition
-from ..core.topics import parse, static_permission
 from .deps import get_runtime
+from .realtime.centrifugo import may_read
+from .realtime.conn import Conn
+from .realtime.node import RealtimeNode
+from .realtime.socket import Handshake, Out
 
 router = APIRouter(prefix="/api", tags=["realtime"])
 
 MAX_TOPICS = 32
-#: Bytes of events waiting for one slow SSE reader before it is cut off (code 3008).
-MAX_QUEUE_BYTES = 1 << 20
-
-
-def format_id(positions: dict[str, StreamPosition]) -> str:
-    """The SSE ``id`` for the positions of a stream's topics."""
-    if len(positions) == 1:
-        (pos,) = positions.values()
-        return f"{pos.offset}:{pos.epoch}"
-    return " ".join(f"{t}@{p.offset}:{p.epoch}" for t, p in positions.items())
-
-
-def parse_id(value: str, topics: list[str]) -> dict[str, StreamPosition | None]:
-    """Positions to resume from, per topic (None: start fresh). A bare offset for a
-    single topic is taken in the topic's current epoch (``epoch`` ``""`` here)."""
-    out: dict[str, StreamPosition | None] = {t: None for t in topics}
-    value = value.strip()
-    if not value:
-        return out
-    if len(topics) == 1 and "@" not in value:
-        offset, _, epoch = value.partition(":")
-        if offset.isdigit():
-            out[topics[0]] = StreamPosition(int(offset), epoch)
-        return out
-    for part in value.split():
-        topic, sep, pos = part.rpartition("@")
-        offset, _, epoch = pos.partition(":")
-        if sep and topic in out and offset.isdigit() and epoch:
-            out[topic] = StreamPosition(int(offset), epoch)
-    return out
 
 
 def _event(kind: str, data: bytes, event_id: str | None = None) -> bytes:
@@ -94,70 +73,178 @@ def _pub_data(pub: Publication) -> bytes:
     )
 
 
-class _Stream:
-    """One SSE response: a byte-bounded queue fed by broker listeners."""
+def _plain(payload: bytes) -> Out:
+    """An SSE chunk: no WebSocket framing needed."""
+    out = Out.batch(payload)
+    out.payload, out.parts = payload, None
+    return out
 
-    def __init__(self, topics: list[str], on_slow: Callable[[], None] | None = None) -> None:
-        self.topics = topics
-        self.on_slow = on_slow
-        self.positions: dict[str, StreamPosition] = {}
-        self.live: set[str] = set()
-        self.backlog: dict[str, list[Publication]] = {t: [] for t in topics}
-        self.queue: deque[bytes] = deque()
+
+class SseSink:
+    """``Sink`` for one response body: chunks queued here, pulled by the body generator."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
         self.size = 0
-        self.wake = asyncio.Event()
         self.done = False
+        self.wake = asyncio.Event()
 
-    def put(self, chunk: bytes) -> None:
+    def write(self, items: list[Out]) -> None:
         if self.done:
             return
-        self.queue.append(chunk)
-        self.size += len(chunk)
+        for item in items:
+            self.chunks.append(item.payload)
+            self.size += len(item.payload)
         self.wake.set()
-        if self.size > MAX_QUEUE_BYTES:
-            # Too slow: drop what waits, say why, and end; the client resumes by id.
-            self.queue.clear()
-            self.finish(codes.SLOW)
-            if self.on_slow is not None:
-                self.on_slow()
 
-    def finish(self, code: Code) -> None:
-        """End the stream after what is queued, with a ``disconnect`` event saying why."""
-        if self.done:
-            return
-        body = orjson.dumps({"code": code.code, "reason": code.message})
-        self.queue.append(_event("disconnect", body))
+    def write_one(self, item: Out) -> None:
+        self.write([item])
+
+    def buffered(self) -> int:
+        return self.size
+
+    def close(self, code: int, reason: str) -> None:
         self.done = True
         self.wake.set()
 
-    def on_pub(self, pub: Publication) -> None:
-        if pub.topic not in self.live:
-            self.backlog[pub.topic].append(pub)
+    def ping(self) -> None:
+        self.write([_plain(b": ping\n\n")])
+
+    def drop(self) -> None:
+        self.chunks.clear()
+        self.size = 0
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def take(self) -> bytes:
+        out, self.chunks, self.size = b"".join(self.chunks), [], 0
+        return out
+
+
+class SseConn(Conn):
+    """One event stream: its topics' positions; every publication framed for it alone
+    (the id names every topic's position)."""
+
+    wire = "sse"
+    transport = "sse"
+
+    def __init__(self, node: RealtimeNode, sink: SseSink, hs: Handshake, topics: list[str]) -> None:
+        super().__init__(node, sink, hs)
+        self.stream = sink
+        self.names = topics
+        self.positions: dict[str, StreamPosition] = {}
+        self.backlogs: dict[str, list[Publication]] = {t: [] for t in topics}
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def expire_at(self, when: float | None) -> None:
+        """End the stream with 3005 at Unix time ``when`` (its token's expiry): like a
+        WebSocket connection that does not refresh; resume with a fresh token."""
+        if when is None:
             return
-        self.deliver(pub)
+        delay = max(0.0, when - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(
+            delay, self.disconnect, codes.CONNECTION_EXPIRED
+        )
+
+    def tick(self, now: float) -> None:
+        self.sink.ping()  # a keep-alive comment; SSE has no answer to wait for
+        return None
 
     def deliver(self, pub: Publication) -> None:
-        pos = self.positions[pub.topic]
-        if pub.epoch == pos.epoch and pub.offset <= pos.offset:
+        pos = self.positions.get(pub.topic)
+        if pos is not None and pub.epoch == pos.epoch and pub.offset <= pos.offset:
             return  # already sent (recovered)
         self.positions[pub.topic] = StreamPosition(pub.offset, pub.epoch)
-        self.put(_event("pub", _pub_data(pub), format_id(self.positions)))
+        self.enqueue(_plain(_event("pub", _pub_data(pub), format_id(self.positions))))
+
+    def goodbye(self, code: int, reason: str) -> list[Out]:
+        body = orjson.dumps({"code": code, "reason": reason})
+        return [_plain(_event("disconnect", body))]
+
+    def disconnect(self, code: codes.Code | int, reason: str = "") -> None:
+        if code is codes.SLOW:
+            self.stream.drop()  # too slow: what waits is dropped; it resumes by id
+        super().disconnect(code, reason)
+
+    def cleanup(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+    def open_topics(self, prepared: list[tuple[str, Resume, Recovery]]) -> None:
+        """Announce each topic, replay what it recovered and go live (no await here, so
+        nothing published meanwhile is lost or sent twice)."""
+        for topic, since, outcome in prepared:
+            # A recovered stream starts where the client was; the replay moves it on.
+            recovered = outcome.recovered and isinstance(since, StreamPosition)
+            self.positions[topic] = (
+                since if recovered and isinstance(since, StreamPosition) else outcome.start
+            )
+        for topic, since, outcome in prepared:
+            for kind, data in _announcements(topic, since, self.positions[topic], outcome):
+                ident = format_id(self.positions) if kind == "subscribed" else None
+                self.enqueue(_plain(_event(kind, data, ident)))
+            for pub in outcome.publications:
+                self.deliver(pub)
+            backlog, self.backlogs[topic] = self.backlogs[topic], []
+            done = join_stream(topic, outcome.start, backlog)
+            for pub in done.deliver:
+                self.deliver(pub)
+            if done.outcome == "gap":
+                self.disconnect(codes.INSUFFICIENT_STATE)
+                return
+            self.node.live(self, topic, None)
 
 
-async def _may_read(request: Request, principal: Principal, topic: str) -> bool:
-    runtime = get_runtime(request)
-    service = runtime.services.get("realtime")
-    if service is not None:
-        allowed: bool = await service.may_read(principal, topic)
-        return allowed
-    decided = static_permission(principal, topic)
-    if decided is not None:
-        return decided
-    try:
-        await runtime.hub.get(principal, parse(topic)[1] or "")
-    except Exception:
-        return False
-    return True
+def _announcements(
+    topic: str, since: Resume, start: StreamPosition, outcome: Recovery
+) -> list[tuple[str, bytes]]:
+    events: list[tuple[str, bytes]] = []
+    if outcome.recovered is False:
+        events.append(("unrecovered", orjson.dumps(_unrecovered(topic, since, outcome))))
+    info = {
+        "topic": topic,
+        "offset": start.offset,
+        "epoch": start.epoch,
+        "recovered": outcome.recovered,
+        "missed": outcome.missed,
+    }
+    events.append(("subscribed", orjson.dumps(info)))
+    return events
+
+
+def _unrecovered(topic: str, since: Resume, outcome: Recovery) -> dict[str, object]:
+    return {
+        "topic": topic,
+        "since": _describe(since),
+        "offset": outcome.start.offset,
+        "epoch": outcome.start.epoch,
+        "reason": outcome.reason,
+    }
+
+
+async def _prepare(node: RealtimeNode, topic: str, since: Resume) -> Recovery:
+    broker = node.hub.broker
+    asked = needs_history(since)
+    if asked is None:
+        return decide(topic, since, await broker.position(topic))
+    pubs, current, complete = await broker.history(topic, since=asked, limit=node.recover_limit)
+    if complete:
+        node.stats_recovered += 1
+    else:
+        node.stats_unrecovered += 1
+    return decide(topic, since, current, (pubs, complete))
+
+
+def _describe(since: Resume) -> dict[str, object] | None:
+    if isinstance(since, StreamPosition):
+        return {"offset": since.offset, "epoch": since.epoch}
+    if isinstance(since, Malformed):
+        return {"text": since.text}
+    return None
 
 
 @router.get(
@@ -178,12 +265,11 @@ async def stream(
     """Events of ``topics`` as they happen, resumable with ``Last-Event-ID``.
 
     Event types: ``subscribed`` (a topic's position at the start), ``pub`` (a publication),
-    ``unrecovered`` (what was missed is gone: reload the snapshot), ``disconnect`` (the
-    server ends the stream, with a code from the realtime code table)."""
+    ``unrecovered`` (what was missed is gone, or the position sent cannot prove it was not:
+    reload the snapshot), ``disconnect`` (the server ends the stream, with a code from the
+    realtime code table)."""
     runtime = get_runtime(request)
-    # expires_at: a stream lives no longer than its token (API keys do not expire); like a
-    # WebSocket connection that does not refresh, it ends with 3005 at the token's expiry
-    # (come back with a fresh token and Last-Event-ID).
+    node = runtime.realtime
     principal, expires_at = runtime.auth.authenticate_with_expiry(
         authorization or (f"Bearer {token}" if token else None), x_api_key
     )
@@ -196,57 +282,41 @@ async def stream(
     for name in names:
         if not valid_topic(name):
             raise InvalidInput(f"{name!r} is not a topic name")
-        if not await _may_read(request, principal, name):
+        if not await may_read(node, principal, name):
             raise Forbidden(f"you may not follow {name!r}")
     resume = parse_id(last_event_id or last_event_id_q or "", names)
-    ping = runtime.settings.ping_interval
-    broker = runtime.hub.broker
-    service = runtime.services.get("realtime")
-
-    def slow() -> None:
-        if service is not None:
-            service.stats_slow += 1
-
-    s = _Stream(names, slow)
-    unsubscribers: list[Callable[[], None]] = [broker.subscribe(t, s.on_pub) for t in names]
+    peer = request.client.host if request.client else ""
+    if not node.admit(peer):
+        raise TooManyRequests("too many open streams and sockets from this address")
+    hs = Handshake(request.url.path, dict(request.query_params), _headers(request), peer)
+    sink = SseSink()
+    conn = SseConn(node, sink, hs, names)
+    node.register(conn)
     try:
-        s.put(b"retry: 1000\n\n")
-        await _open(s, resume, broker, runtime.settings.history_size)
+        # Pending first: whatever is published while the positions are read is kept.
+        for name in names:
+            node.attach(conn, name, conn.backlogs[name])
+        sink.write([_plain(b"retry: 1000\n\n")])
+        prepared = [(n, resume[n], await _prepare(node, n, resume[n])) for n in names]
+        conn.open_topics(prepared)
+        conn.flush()
+        conn.expire_at(expires_at)
     except BaseException:
-        for u in unsubscribers:
-            u()
+        conn.lost()
         raise
 
     async def body() -> AsyncIterator[bytes]:
-        # Counted while the body runs: a response that never starts never counted.
-        if service is not None:
-            service.sse_streams += 1
         try:
             while True:
-                if expires_at is not None and time.time() >= expires_at:
-                    s.finish(codes.CONNECTION_EXPIRED)
-                if not s.queue:
-                    if s.done:
+                if not sink.chunks:
+                    if sink.done:
                         return
-                    s.wake.clear()
-                    wait = ping
-                    if expires_at is not None:
-                        wait = min(wait, max(0.0, expires_at - time.time()))
-                    try:
-                        await asyncio.wait_for(s.wake.wait(), wait)
-                    except TimeoutError:
-                        if expires_at is None or time.time() < expires_at:
-                            yield b": ping\n\n"
+                    sink.wake.clear()
+                    await sink.wake.wait()
                     continue
-                chunks = list(s.queue)
-                s.queue.clear()
-                s.size = 0
-                yield b"".join(chunks)
+                yield sink.take()
         finally:
-            if service is not None:
-                service.sse_streams -= 1
-            for u in unsubscribers:
-                u()
+            conn.lost()
 
     return StreamingResponse(
         body(),
@@ -255,58 +325,5 @@ async def stream(
     )
 
 
-async def _prepare(
-    topic: str, since: StreamPosition | None, broker: Any, limit: int
-) -> tuple[StreamPosition, list[Publication], list[tuple[str, bytes]]]:
-    """Where ``topic`` starts, the publications to replay, and the events that say so."""
-    recovered: bool | None = None
-    pubs: list[Publication] = []
-    events: list[tuple[str, bytes]] = []
-    if since is not None:
-        if not since.epoch:
-            since = StreamPosition(since.offset, (await broker.position(topic)).epoch)
-        pubs, pos, complete = await broker.history(topic, since=since, limit=limit)
-        recovered = complete
-        if complete:
-            start = since
-        else:
-            pubs = []
-            start = pos
-            detail = {
-                "topic": topic,
-                "since": {"offset": since.offset, "epoch": since.epoch},
-                "offset": pos.offset,
-                "epoch": pos.epoch,
-                "reason": "the missed events are no longer kept: reload the snapshot",
-            }
-            events.append(("unrecovered", orjson.dumps(detail)))
-    else:
-        start = await broker.position(topic)
-    info = {
-        "topic": topic,
-        "offset": start.offset,
-        "epoch": start.epoch,
-        "recovered": recovered,
-        "missed": len(pubs),
-    }
-    events.append(("subscribed", orjson.dumps(info)))
-    return start, pubs, events
-
-
-async def _open(
-    s: _Stream, resume: dict[str, StreamPosition | None], broker: Any, limit: int
-) -> None:
-    prepared = [(t, await _prepare(t, resume[t], broker, limit)) for t in s.topics]
-    # From here on nothing awaits: positions, replays and the backlog that arrived while
-    # preparing are put in order, and every id names every topic.
-    for topic, (start, _, _) in prepared:
-        s.positions[topic] = start
-    for topic, (_, pubs, events) in prepared:
-        for kind, data in events:
-            s.put(_event(kind, data, format_id(s.positions) if kind == "subscribed" else None))
-        for pub in pubs:
-            s.deliver(pub)
-        s.live.add(topic)
-        backlog, s.backlog[topic] = s.backlog[topic], []
-        for pub in backlog:
-            s.deliver(pub)
+def _headers(request: Request) -> Mapping[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}

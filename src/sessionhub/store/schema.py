@@ -66,6 +66,9 @@ sessions = Table(
     Column("metadata", Text, nullable=False),
     Column("counters", Text, nullable=False),
     Column("idempotency_key", String(300), unique=True),
+    # What the request that used ``idempotency_key`` looked like (a hash), so a replay of the
+    # key with another request is told apart (0003).
+    Column("idempotency_fingerprint", String(128)),
     Index("ix_sessions_kind_state", "kind", "state"),
     Index("ix_sessions_owner", "owner"),
     Index("ix_sessions_created", "created_at", "id"),
@@ -88,6 +91,10 @@ events = Table(
     Column("published", Boolean, nullable=False, default=False),
     Index("ix_events_session", "session_id", "version"),
     Index("ix_events_unpublished", "published", "seq"),
+    # AUTOINCREMENT (0003): without it SQLite hands out max(seq) + 1, so deleting the events
+    # at the top of the log would let new events reuse their seqs, and a consumer tailing
+    # by seq would skip them. (PostgreSQL's sequence never goes back.)
+    sqlite_autoincrement=True,
 )
 
 # Notifications produced by kinds (see ``Kind.notifications``), per recipient user.
@@ -134,4 +141,39 @@ webhook_deliveries = Table(
     Column("last_error", Text),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_webhooks_due", "delivered_at", "failed_at", "next_attempt_at"),
+)
+
+# Where each outbox-driven consumer has got to in the event log (a seq), moved by
+# compare-and-set in the transaction that stores the consumer's effects.
+consumer_positions = Table(
+    "consumer_positions",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Named leases (leadership among nodes). ``token`` rises every time the holder changes, so
+# work stamped with an older token can be refused (fencing). A released lease keeps its row
+# (holder ``""``), so the next token is still greater.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# Raw input as upstream connectors received it, per source, trimmed to a bound.
+raw_events = Table(
+    "raw_events",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("source", String(200), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_raw_events_source", "source", "seq"),
+    # Readers tail by seq: a trim down to nothing must not let seqs start over.
+    sqlite_autoincrement=True,
 )

@@ -8,8 +8,9 @@ lives beside them:
   same rule to workspaces created through the generic API, so the rule holds whichever
   route created the session.
 * **recovery** - the user's active workspace with its chat and metadata, touching activity.
-* **chat** - messages appended to the ``chat_messages`` table, content and metadata sealed
-  with the store's sealer (encrypted at rest when a key is configured), read in pages.
+* **chat** - messages kept by the store (``Store.append_message``), content and metadata
+  sealed at rest (encrypted when a key is configured), read in pages; deleting a workspace
+  deletes its chat in the same transaction (``Store.delete``).
 * **clean-up** - the admin sweeps of JamBot (abandon idle, archive abandoned, delete
   archived) with thresholds given per call; the scheduler runs the same with the kind's ages.
 """
@@ -26,11 +27,8 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-from sqlalchemy import and_, func, select
-
 from ..core.errors import IllegalTransition, InvalidInput, NotFound, SessionHubError
-from ..core.model import CREATED, DELETED, JSON, Event, Session, iso
+from ..core.model import CREATED, JSON, Event, Session, iso
 from ..core.principal import SYSTEM_PRINCIPAL, Principal
 from ..core.query import Due, SessionQuery
 from ..hub import Hub
@@ -42,8 +40,7 @@ from ..kinds.workspace import (
     STATUSES,
     chat_id_for,
 )
-from ..store.schema import chat_messages
-from ..store.sql import SqlStore
+from ..store.base import ChatMessage, Store
 
 log = logging.getLogger("sessionhub.workspaces")
 
@@ -58,83 +55,53 @@ _creating: contextvars.ContextVar[bool] = contextvars.ContextVar("ws_creating", 
 _STATUS_ACTIONS = {COMPLETED: "complete", ABANDONED: "abandon", ARCHIVED: "archive"}
 
 
+def _message_json(m: ChatMessage) -> JSON:
+    """A message in JamBot's ``ChatMessage`` shape."""
+    return {
+        "id": m.id,
+        "chat_id": chat_id_for(m.session_id),
+        "user_session_id": m.session_id,
+        "sequence_order": m.position,
+        "role": m.role,
+        "content": m.content,
+        "message_metadata": m.metadata,
+        "created_at": iso(m.created_at),
+    }
+
+
 class ChatStore:
-    """A workspace's chat messages, oldest first, with sealed content and metadata."""
+    """A workspace's chat messages, oldest first (kept by the store, sealed at rest)."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-
-    def _message(self, m: Any, position: int) -> JSON:
-        sealer = self._store.sealer
-        return {
-            "id": m["id"],
-            "chat_id": chat_id_for(m["session_id"]),
-            "user_session_id": m["session_id"],
-            "sequence_order": position,
-            "role": m["role"],
-            "content": sealer.open(m["content"]),
-            "message_metadata": orjson.loads(sealer.open(m["metadata"])),
-            "created_at": iso(m["created_at"]),
-        }
 
     async def append(
         self, session_id: str, *, role: str, content: str, metadata: JSON, now: datetime
     ) -> JSON:
         """Store one message; returns it as read back (with its ``sequence_order``)."""
-        sealer = self._store.sealer
-        values = {
-            "id": str(uuid.uuid4()),
-            "session_id": session_id,
-            "role": role,
-            "content": sealer.seal(content),
-            "metadata": sealer.seal(orjson.dumps(metadata).decode()),
-            "created_at": now,
-        }
-        # The store's write transaction: on SQLite it queues behind other writers in-process.
-        async with self._store.transaction() as conn:
-            result = await conn.execute(chat_messages.insert().values(**values))
-            seq = result.inserted_primary_key[0] if result.inserted_primary_key else None
-            position = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(chat_messages)
-                    .where(
-                        and_(chat_messages.c.session_id == session_id, chat_messages.c.seq <= seq)
-                    )
-                )
-            ).scalar_one()
-        return {
-            "id": values["id"],
-            "chat_id": chat_id_for(session_id),
-            "user_session_id": session_id,
-            "sequence_order": int(position),
-            "role": role,
-            "content": content,
-            "message_metadata": metadata,
-            "created_at": iso(now),
-        }
+        message_id = str(uuid.uuid4())
+        position = await self._store.append_message(
+            session_id, message_id=message_id, role=role, content=content, metadata=metadata, at=now
+        )
+        return _message_json(
+            ChatMessage(
+                id=message_id,
+                session_id=session_id,
+                position=position,
+                role=role,
+                content=content,
+                metadata=metadata,
+                created_at=now,
+            )
+        )
 
     async def count(self, session_id: str) -> int:
-        stmt = (
-            select(func.count())
-            .select_from(chat_messages)
-            .where(chat_messages.c.session_id == session_id)
-        )
-        async with self._store.engine.connect() as conn:
-            return int((await conn.execute(stmt)).scalar_one())
+        return await self._store.count_messages(session_id)
 
     async def read(self, session_id: str, *, offset: int, limit: int) -> list[JSON]:
         """Messages ``offset`` .. ``offset + limit`` in the order they were appended."""
-        stmt = (
-            select(chat_messages)
-            .where(chat_messages.c.session_id == session_id)
-            .order_by(chat_messages.c.seq)
-            .offset(offset)
-            .limit(limit)
-        )
-        async with self._store.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [self._message(r._mapping, offset + i + 1) for i, r in enumerate(rows)]
+        messages = await self._store.read_messages(session_id, offset=offset, limit=limit)
+        return [_message_json(m) for m in messages]
 
     async def latest(self, session_id: str, limit: int) -> tuple[list[JSON], int]:
         """The newest ``limit`` messages (oldest first) and the total count."""
@@ -142,20 +109,11 @@ class ChatStore:
         offset = max(0, total - limit)
         return await self.read(session_id, offset=offset, limit=limit), total
 
-    async def delete_session(self, session_id: str) -> int:
-        async with self._store.transaction() as conn:
-            result = await conn.execute(
-                chat_messages.delete().where(chat_messages.c.session_id == session_id)
-            )
-        return max(0, result.rowcount or 0)
-
 
 class WorkspaceService:
     """The workspace operations of seed 002 over the hub. One per runtime."""
 
     def __init__(self, hub: Hub) -> None:
-        if not isinstance(hub.store, SqlStore):
-            raise RuntimeError("workspaces need the SQL store (chat messages live in it)")
         self.hub = hub
         self.chat = ChatStore(hub.store)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -165,8 +123,8 @@ class WorkspaceService:
     # -- wiring --------------------------------------------------------------------------
 
     def install(self) -> None:
-        """Listen to the hub: the one-active rule for workspaces created by other routes,
-        and chat deletion when the scheduler deletes a workspace."""
+        """Listen to the hub: the one-active rule for workspaces created by other routes.
+        (A deleted workspace's chat goes with it in the store's delete.)"""
         self._unsubscribe = self.hub.add_listener(self._on_event)
 
     async def close(self) -> None:
@@ -192,8 +150,6 @@ class WorkspaceService:
             return
         if event.type == CREATED and change is not None and not _creating.get():
             self._spawn(self._adopt(event.session_id, event.owner))
-        elif event.type == DELETED:
-            self._spawn(self._forget(event.session_id))
 
     async def _adopt(self, session_id: str, owner: str) -> None:
         try:
@@ -210,12 +166,6 @@ class WorkspaceService:
                 await self._enforce_one_active(owner, keep=session_id)
         except Exception:
             log.exception("adopting workspace %s failed", session_id)
-
-    async def _forget(self, session_id: str) -> None:
-        try:
-            await self.chat.delete_session(session_id)
-        except Exception:
-            log.exception("deleting the chat of %s failed", session_id)
 
     def _lock(self, owner: str) -> asyncio.Lock:
         lock = self._locks.get(owner)
@@ -462,7 +412,6 @@ class WorkspaceService:
         before = self.hub.clock() - older_than
         done: list[str] = []
         for s in await self._due(frozenset({ARCHIVED}), "updated_at", before):
-            await self.hub.delete(s)
-            await self.chat.delete_session(s.id)
+            await self.hub.delete(s)  # the store deletes its chat in the same transaction
             done.append(s.id)
         return done

@@ -28,7 +28,6 @@ from ...kinds.screen_share import stream_url
 from ...relay import frames as relay_feature
 from ...workflows import remote
 from ..deps import HubDep, PrincipalDep, RuntimeDep
-from ..realtime.frames import relay_of
 from ..runtime import Runtime
 
 router = APIRouter(prefix="/api", tags=["grace (seed 004)"])
@@ -152,7 +151,7 @@ def remote_status(hub: Hub, s: Session) -> JSON:
 
 def screen_status(runtime: Runtime, s: Session) -> JSON:
     hub = runtime.hub
-    frames = s.counters.get("frames_captured", 0) + relay_of(runtime).unflushed(s.id)
+    frames = s.counters.get("frames_captured", 0) + runtime.relay.unflushed(s.id)
     out: JSON = {
         "session_id": s.id,
         "status": s.state,
@@ -376,7 +375,7 @@ async def screen_stop(body: StopScreen, runtime: RuntimeDep, principal: Principa
     hub = runtime.hub
     await _get(hub, principal, body.session_id, SCREEN)
     # Count every frame received so far into the session before it ends.
-    await relay_of(runtime).flush(body.session_id)
+    await runtime.relay.flush(body.session_id)
     s = await hub.act(principal, body.session_id, "stop", detail=body.reason)
     return {
         "success": True,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal, get_args
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from ...core.errors import Forbidden, InvalidInput
@@ -23,7 +23,6 @@ from ...core.principal import Principal
 from ...kinds.workspace import STATUSES, chat_id_for
 from ...workflows.workspaces import ROLES, WorkspaceService
 from ..deps import PrincipalDep, get_runtime
-from ..runtime import Runtime
 
 router = APIRouter(tags=["workspaces (seed 002)"])
 
@@ -32,8 +31,7 @@ assert set(STATUSES) == set(get_args(Status))  # keep the enum and the kind in s
 
 
 def get_workspaces(request: Request) -> WorkspaceService:
-    service: WorkspaceService = get_runtime(request).services["workspaces"]
-    return service
+    return get_runtime(request).workspaces
 
 
 ServiceDep = Annotated[WorkspaceService, Depends(get_workspaces)]
@@ -278,11 +276,3 @@ async def cleanup_delete_post(
 ) -> JSON:
     """The same as ``DELETE``, for clients that cannot send one."""
     return await cleanup_delete(service, principal, days_threshold)
-
-
-def install(app: FastAPI, runtime: Runtime) -> None:
-    """Attach the workspace service to the runtime (the router is in ``app.ROUTERS``)."""
-    service = WorkspaceService(runtime.hub)
-    service.install()
-    runtime.services["workspaces"] = service
-    runtime.on_close.append(service.close)

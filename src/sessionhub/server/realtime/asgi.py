@@ -1,21 +1,25 @@
-"""The realtime protocol over an ASGI WebSocket: the portable engine.
+"""The realtime wires over an ASGI WebSocket: the portable engine.
 
-Used when the server is not uvicorn with :func:`~.engine.uvicorn_ws_protocol` (another ASGI
-server, a test client). Same :class:`~.connection.Connection`, so the same protocol; slower,
-because each frame is an ASGI message. Queued messages leave as one text frame per write.
+Used when the server is not uvicorn with :func:`~.native.uvicorn_ws_protocol` (another ASGI
+server, a test client). The same :class:`~.conn.Conn` subclasses, so the same protocols;
+slower, because each frame is an ASGI message. Queued messages leave as one frame per write
+(text frames of one connection are joined with newlines, as the Centrifugo protocol allows).
+ASGI has no ping frames, so liveness here is the wire's own (Centrifugo pings) or the ASGI
+server's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, WebSocket
+from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from .connection import Connection, Out
-
-router = APIRouter()
+from .conn import Conn
+from .node import RealtimeNode, Route
+from .socket import Handshake, Out
 
 
 class AsgiSink:
@@ -23,7 +27,7 @@ class AsgiSink:
 
     def __init__(self, websocket: WebSocket, *, close_timeout: float = 5.0) -> None:
         self.websocket = websocket
-        self._pending: list[bytes] = []
+        self._pending: list[Out] = []
         self._bytes = 0
         self._wake = asyncio.Event()
         self._close: tuple[int, str] | None = None
@@ -31,12 +35,14 @@ class AsgiSink:
         self._reading.set()
         self._task: asyncio.Task[None] | None = None
         self.close_timeout = close_timeout
+        #: Called when the queue drained (the frame relay's newest-frame slot).
+        self.on_drain: Callable[[], None] | None = None
 
     def write(self, items: list[Out]) -> None:
         if self._close is not None:
             return
         for item in items:
-            self._pending.append(item.payload)
+            self._pending.append(item)
             self._bytes += len(item.payload)
         self._wake.set()
 
@@ -45,6 +51,9 @@ class AsgiSink:
 
     def buffered(self) -> int:
         return self._bytes
+
+    def ping(self) -> None:
+        return None  # ASGI offers no ping frames
 
     def close(self, code: int, reason: str) -> None:
         if self._close is None:
@@ -67,42 +76,83 @@ class AsgiSink:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._pending:
-                batch, self._pending, self._bytes = self._pending, [], 0
-                await ws.send_text(b"\n".join(batch).decode())
+            while self._pending:
+                batch, self._pending = self._pending, []
+                texts = [i.payload for i in batch if not i.binary]
+                if len(texts) == len(batch):
+                    await ws.send_text(b"\n".join(texts).decode())
+                else:
+                    for item in batch:
+                        if item.binary:
+                            await ws.send_bytes(item.payload)
+                        else:
+                            await ws.send_text(item.payload.decode())
+                self._bytes -= sum(len(i.payload) for i in batch)
+            if self.on_drain is not None and self._close is None:
+                self.on_drain()
             if self._close is not None and not self._pending:
                 with contextlib.suppress(Exception):
                     await ws.close(self._close[0], self._close[1])
                 return
 
 
-@router.websocket("/connection/websocket")
-async def realtime_websocket(websocket: WebSocket) -> None:
-    """Centrifugo-compatible realtime connection (JSON protocol)."""
-    service = websocket.app.state.runtime.services["realtime"]
-    await websocket.accept()
-    sink = AsgiSink(websocket, close_timeout=service.close_timeout)
-    conn = service.new_connection(sink)
-    loop = asyncio.get_running_loop()
-    writer = loop.create_task(sink.run())
-    reader = loop.create_task(_read(websocket, sink, conn))
-    try:
-        # The writer ends after a close frame; the reader when the peer goes away. Either
-        # way the connection is over.
-        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        conn.lost()
-        for task in (reader, writer):
-            task.cancel()
-        await asyncio.gather(reader, writer, return_exceptions=True)
+def endpoint(route: Route) -> Callable[[WebSocket], Awaitable[None]]:
+    """The ASGI WebSocket handler serving ``route``'s wire."""
+
+    async def serve(websocket: WebSocket) -> None:
+        node: RealtimeNode = websocket.app.state.runtime.realtime
+        peer = websocket.client.host if websocket.client else ""
+        if not node.admit(peer):
+            await websocket.close(code=1013, reason="too many connections from this address")
+            return
+        await websocket.accept()
+        params = {k: str(v) for k, v in websocket.path_params.items()}
+        hs = Handshake(
+            websocket.url.path,
+            dict(websocket.query_params),
+            {k.lower(): v for k, v in websocket.headers.items()},
+            peer,
+            params,
+        )
+        sink = AsgiSink(websocket, close_timeout=node.close_timeout)
+        conn = route.factory(node, sink, hs)
+        if not conn.drop_slow:
+            sink.on_drain = conn.writable
+        node.register(conn)
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(sink.run())
+        reader = loop.create_task(_read(websocket, sink, conn))
+        try:
+            conn.opened()
+            # The writer ends after a close frame; the reader when the peer goes away.
+            # Either way the connection is over.
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            conn.lost()
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+
+    return serve
 
 
-async def _read(websocket: WebSocket, sink: AsgiSink, conn: Connection) -> None:
+async def _read(websocket: WebSocket, sink: AsgiSink, conn: Conn) -> None:
     with contextlib.suppress(WebSocketDisconnect):
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            data = message.get("text")
-            conn.feed(data.encode() if data is not None else message.get("bytes") or b"")
+            conn.heard = True
+            text = message.get("text")
+            data = text.encode() if text is not None else (message.get("bytes") or b"")
+            if len(data) > conn.max_message:
+                conn.disconnect(1009, "message too big")
+                return
+            conn.received(data, text is None)
             await sink._reading.wait()
+
+
+def mount(app: FastAPI, node: RealtimeNode) -> None:
+    """Serve every route of ``node`` through the ASGI app too."""
+    for route in node.routes:
+        app.add_api_websocket_route(route.pattern, endpoint(route), name=f"ws_{route.wire}")

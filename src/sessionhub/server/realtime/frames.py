@@ -1,4 +1,4 @@
-"""``WebSocket /stream/{session_id}``: the screen-share relay's transport.
+"""``WebSocket /stream/{session_id}``: the screen-share relay's wire on the realtime engine.
 
 Connect with ``?role=sharer`` (the owner, sends binary frames) or ``?role=viewer`` (the
 default; receives binary frames). Credentials: ``Authorization: Bearer <token>`` or, for
@@ -7,131 +7,145 @@ then closed with a code from ``relay.frames.CLOSE_CODES`` if it may not join, so
 client sees why. Once joined, the server sends one text message
 ``{"type": "ready", "role", "session_id", "quality", "width", "height", "fps"}``; after that
 viewers receive only binary frames. Text from clients is ignored; binary messages from the
-sharer are frames.
+sharer are frames. A slow viewer is not cut off: it skips to the newest frame.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-from collections.abc import Awaitable
+from collections import deque
 
 import orjson
-from fastapi import APIRouter, FastAPI, WebSocket
-from starlette.websockets import WebSocketDisconnect
 
 from ...core.errors import SessionHubError
-from ...relay.frames import FrameRelay, Participant, Room, Viewer, close_code_for
-from ..runtime import Runtime
+from ...relay.frames import (
+    CLOSE_BAD_REQUEST,
+    FrameRelay,
+    Participant,
+    Room,
+    Viewer,
+    close_code_for,
+)
+from .conn import Conn
+from .node import RealtimeNode
+from .socket import Handshake, Out, Sink
 
 log = logging.getLogger("sessionhub.stream")
 
-router = APIRouter(tags=["screen share"])
-
-SERVICE = "relay"
-
-
-def relay_of(runtime: Runtime) -> FrameRelay:
-    relay: FrameRelay = runtime.services[SERVICE]
-    return relay
-
-
-def install(_app: FastAPI, runtime: Runtime) -> None:
-    """Attach the relay: ``SESSIONHUB_RELAY_FLUSH_SECONDS`` sets the counter flush interval."""
-    extra = runtime.settings.extra
-    interval = float(
-        extra.get("relay_flush_seconds") or os.environ.get("SESSIONHUB_RELAY_FLUSH_SECONDS") or 2.0
-    )
-    relay = FrameRelay(runtime.hub, flush_interval=interval)
-    relay.install()
-    runtime.services[SERVICE] = relay
-    runtime.on_start.append(relay.start)
-    runtime.on_close.append(relay.close)
+PATH = "/stream/{session_id}"
+#: A viewer's socket counts as full above this many unsent bytes (then frames wait in the
+#: one-frame slot): about one frame, so a slow viewer never queues more than that.
+VIEWER_FULL = 64 * 1024
+#: Frames from a sharer waiting to be relayed before reading from its socket pauses (the
+#: sharer is then slowed by TCP, not by memory here).
+SHARER_BACKLOG = 8
 
 
-async def _until_closed(ws: WebSocket, participant: Participant, *loops: Awaitable[None]) -> None:
-    """Run the pump loops until one ends (client gone) or the relay closes the participant."""
-    tasks = [asyncio.ensure_future(loop) for loop in loops]
-    watcher = asyncio.ensure_future(participant.closed.wait())
-    try:
-        await asyncio.wait([*tasks, watcher], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in [*tasks, watcher]:
-            t.cancel()
-        for t in [*tasks, watcher]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-    if participant.closed.is_set():
-        with contextlib.suppress(Exception):
-            await ws.close(participant.close_code, participant.close_reason)
+class Frames:
+    """The ``/stream/{id}`` wire of one node, over its frame relay."""
+
+    def __init__(self, relay: FrameRelay) -> None:
+        self.relay = relay
+
+    def open(self, node: RealtimeNode, sink: Sink, handshake: Handshake) -> Conn:
+        return FrameConn(self.relay, node, sink, handshake)
 
 
-@router.websocket("/stream/{session_id}")
-async def stream(websocket: WebSocket, session_id: str) -> None:
-    runtime: Runtime = websocket.app.state.runtime
-    relay = relay_of(runtime)
-    role = websocket.query_params.get("role", "viewer")
-    token = websocket.query_params.get("token")
-    authorization = websocket.headers.get("authorization") or (f"Bearer {token}" if token else None)
-    ticket = relay.ticket()  # arrival order, taken before any await
-    await websocket.accept()
-    room: Room
-    participant: Participant
-    try:
-        if role not in ("sharer", "viewer"):
-            raise SessionHubError("role must be 'sharer' or 'viewer'")
-        principal = runtime.auth.authenticate(authorization, websocket.headers.get("x-api-key"))
-        if role == "sharer":
-            room, participant = await relay.join_sharer(principal, session_id, ticket=ticket)
-        else:
-            room, participant = await relay.join_viewer(principal, session_id)
-    except SessionHubError as exc:
-        await websocket.close(close_code_for(exc), exc.detail[:120])
-        return
-    try:
-        await websocket.send_text(orjson.dumps(room.describe(role)).decode())
-        if isinstance(participant, Viewer):
-            await _until_closed(
-                websocket, participant, _send_frames(websocket, participant), _drain(websocket)
-            )
-        else:
-            await _until_closed(
-                websocket, participant, _receive_frames(websocket, relay, room, participant)
-            )
-    finally:
-        relay.leave(room, participant)
+class FrameConn(Conn):
+    """A sharer or viewer connection of one screen share."""
 
+    wire = "frames"
+    #: A frame of a 1080p share is a few hundred KB; a little room above the largest.
+    max_message = 8 << 20
+    #: Viewers skip frames instead of being cut off; sharers are never written much to.
+    drop_slow = False
+    write_limit = VIEWER_FULL
 
-async def _receive_frames(
-    ws: WebSocket, relay: FrameRelay, room: Room, sharer: Participant
-) -> None:
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        data = message.get("bytes")
-        if data is not None:
-            await relay.frame(room, sharer, data)
+    def __init__(self, relay: FrameRelay, node: RealtimeNode, sink: Sink, hs: Handshake) -> None:
+        super().__init__(node, sink, hs)
+        self.relay = relay
+        self.role = hs.query.get("role", "viewer")
+        self.session_id = (hs.params or {}).get("session_id", "")
+        # Arrival order, taken before any await: among sharers, the newest wins.
+        self.ticket = relay.ticket()
+        self.room: Room | None = None
+        self.participant: Participant | None = None
+        self._inbox: deque[bytes] = deque()
+        self._pump: asyncio.Task[None] | None = None
+        self._paused = False
 
+    def opened(self) -> None:
+        self.spawn(self._join())
 
-async def _send_frames(ws: WebSocket, viewer: Viewer) -> None:
-    while True:
-        frame = await viewer.next_frame()
-        if frame is None:
-            return
+    async def _join(self) -> None:
         try:
-            # Waits while the client's socket is full: that wait is what makes a slow
-            # viewer skip frames (its slot keeps only the newest) instead of queueing them.
-            await ws.send_bytes(frame)
-        except (WebSocketDisconnect, RuntimeError, OSError):
+            if self.role not in ("sharer", "viewer"):
+                raise SessionHubError("role must be 'sharer' or 'viewer'")
+            authorization, api_key = self.handshake.credentials()
+            principal = self.node.auth.authenticate(authorization, api_key)
+            if self.role == "sharer":
+                room, participant = await self.relay.join_sharer(
+                    principal, self.session_id, ticket=self.ticket
+                )
+            else:
+                room, participant = await self.relay.join_viewer(
+                    principal, self.session_id, self._send_frame
+                )
+        except SessionHubError as exc:
+            self.disconnect(close_code_for(exc), exc.detail[:120])
             return
-
-
-async def _drain(ws: WebSocket) -> None:
-    """Read (and ignore) what a viewer sends, to notice when it goes away."""
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
+        except Exception:
+            log.exception("joining screen share %s failed", self.session_id)
+            self.disconnect(CLOSE_BAD_REQUEST, "could not join")
             return
+        if self.closed:
+            self.relay.leave(room, participant)
+            return
+        self.room, self.participant = room, participant
+        participant.on_close = self.disconnect
+        self.send(orjson.dumps(room.describe(self.role)))
+        self.flush()
+        if isinstance(participant, Viewer):
+            self.relay.welcome(room, participant)
+
+    def _send_frame(self, frame: bytes) -> bool:
+        if self.closed:
+            return False
+        self.sink.write_one(Out(frame, shared=False, binary=True))
+        return self.sink.buffered() <= VIEWER_FULL
+
+    def received(self, payload: bytes, binary: bool) -> None:
+        if not binary or self.role != "sharer" or self.participant is None:
+            return
+        self._inbox.append(payload)
+        if len(self._inbox) >= SHARER_BACKLOG and not self._paused:
+            self._paused = True
+            self.sink.pause_reading()
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._relay())
+
+    async def _relay(self) -> None:
+        """Relay the sharer's frames one at a time, in the order they arrived."""
+        try:
+            while self._inbox and not self.closed:
+                assert self.room is not None and self.participant is not None
+                await self.relay.frame(self.room, self.participant, self._inbox.popleft())
+                if self._paused and len(self._inbox) < SHARER_BACKLOG // 2:
+                    self._paused = False
+                    self.sink.resume_reading()
+        except Exception:
+            log.exception("relaying a frame of %s failed", self.session_id)
+        finally:
+            self._pump = None
+
+    def writable(self) -> None:
+        if isinstance(self.participant, Viewer):
+            self.participant.drained()
+
+    def cleanup(self) -> None:
+        if self._pump is not None and self._pump is not asyncio.current_task():
+            self._pump.cancel()
+        if self.room is not None and self.participant is not None:
+            self.participant.closed = True
+            self.relay.leave(self.room, self.participant)

@@ -139,12 +139,24 @@ def handshake_response(request: Request, *, server: str = "sessionhub") -> bytes
     ).encode()
 
 
-def reject_response(status: int, reason: str) -> bytes:
+_PHRASES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+}
+
+
+def reject_response(status: int, reason: str, *, retry_after: int | None = None) -> bytes:
+    """An HTTP error answer to an upgrade that will not become a WebSocket."""
     body = reason.encode()
+    extra = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
     return (
-        f"HTTP/1.1 {status} {'Bad Request' if status == 400 else 'Error'}\r\n"
+        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\n"
         f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{extra}Connection: close\r\n\r\n"
     ).encode() + body
 
 

@@ -1,12 +1,15 @@
 """The fast WebSocket engine: an asyncio protocol that uvicorn hands upgraded connections to.
 
-``sessionhub serve`` runs uvicorn with ``ws=uvicorn_ws_protocol(app)``. For the path
-``/connection/websocket`` this engine talks WebSocket itself, straight on the transport: a
-publication is framed once and written to each subscriber with one ``transport.write`` per
-event-loop turn, no task, no ASGI message and no await per send. Every other WebSocket path
-(the seed adapters' endpoints) is handed, untouched, to uvicorn's own implementation and
-reaches the ASGI app as usual. Under another ASGI server the same protocol is served by the
-ASGI route in ``asgi.py``; both feed :class:`~.connection.Connection`.
+``sessionhub serve`` runs uvicorn with ``ws=uvicorn_ws_protocol(app)``. For every path the
+realtime node has a route for (``/connection/websocket``, ``/ws``, ``/stream/{id}``, ...) this
+engine talks WebSocket itself, straight on the transport: a publication is framed once and
+written to each subscriber with one ``transport.write`` per event-loop turn, no task, no ASGI
+message and no await per send. A path with no route is handed, untouched, to uvicorn's own
+implementation and reaches the ASGI app as usual (which answers it: 403/404). Under another
+ASGI server the same wires are served by the ASGI routes in ``asgi.py``.
+
+Every upgrade gets an answer: a head too large is 431 (a request target too long 414), a
+malformed upgrade 400, a peer over its connection limit 429, never silence.
 """
 
 from __future__ import annotations
@@ -17,12 +20,22 @@ from typing import Any, cast
 
 from ...core import codes
 from . import wsframe
-from .connection import Connection, Out
+from .conn import Conn
+from .node import RealtimeNode
+from .socket import Handshake, Out
 
 log = logging.getLogger("sessionhub.realtime")
 
-PATH = "/connection/websocket"
-MAX_HANDSHAKE = 16384
+#: The longest request head (request line and headers) an upgrade may have.
+MAX_HEAD = 16384
+#: The longest request target (path and query).
+MAX_TARGET = 8192
+#: Close codes a peer may send (RFC 6455 7.4): others are a protocol error (1002).
+_VALID_CLOSE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+def valid_close_code(code: int) -> bool:
+    return code in _VALID_CLOSE or 3000 <= code <= 4999
 
 
 def _default_ws_class() -> type[asyncio.Protocol]:
@@ -38,10 +51,10 @@ def _default_ws_class() -> type[asyncio.Protocol]:
 
 
 class RealtimeWebSocketProtocol(asyncio.Protocol):
-    """uvicorn's ``ws_protocol_class``: serves ``/connection/websocket`` natively and hands
-    any other path to uvicorn's default WebSocket protocol."""
+    """uvicorn's ``ws_protocol_class``: serves the node's routes natively and hands any
+    other path to uvicorn's default WebSocket protocol."""
 
-    #: The ASGI app whose ``state.runtime.services["realtime"]`` serves connections.
+    #: The ASGI app whose ``state.runtime.realtime`` serves connections.
     app: Any = None
 
     def __init__(
@@ -58,14 +71,19 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         self._head = b""
         self._delegate: asyncio.Protocol | None = None
         self._parser: wsframe.FrameParser | None = None
-        self._conn: Connection | None = None
+        self._conn: Conn | None = None
         self._closing = False
         self._abort_handle: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        node = self._node()
+        timeout = node.handshake_timeout if node is not None else 10.0
+        # A head that never completes is cut off rather than held open forever.
+        self._deadline = asyncio.get_running_loop().call_later(timeout, self._late)
 
     def data_received(self, data: bytes) -> None:
         if self._delegate is not None:
@@ -77,38 +95,15 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         self._head += data
         end = self._head.find(b"\r\n\r\n")
         if end < 0:
-            if len(self._head) > MAX_HANDSHAKE:
-                self._reject("request head too large")
+            if len(self._head) > MAX_HEAD:
+                self._reject(431, "request header fields too large")
             return
         head, rest = self._head[: end + 4], self._head[end + 4 :]
         self._head = b""
-        try:
-            request = wsframe.parse_request(head)
-        except wsframe.WebSocketError as exc:
-            self._reject(exc.reason)
-            return
-        service = self._service()
-        if request.path != PATH or service is None:
-            self._hand_over(head + rest)
-            return
-        try:
-            response = wsframe.handshake_response(request)
-        except wsframe.WebSocketError as exc:
-            self._reject(exc.reason)
-            return
-        assert self._transport is not None
-        self._transport.write(response)
-        self._parser = wsframe.FrameParser(max_size=1 << 20)
-        self._conn = service.new_connection(self)
-        # A lone publication is written straight to the transport (service fan-out); the
-        # transport tells us through pause_writing when a reader falls too far behind.
-        self._conn.writer = self._transport.write
-        self._transport.set_write_buffer_limits(high=service.max_queue_bytes)
-        self._server_state.connections.add(self)
-        if rest:
-            self._frames(rest)
+        self._handshake(head, rest)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
         if self._delegate is not None:
             self._delegate.connection_lost(exc)
             return
@@ -126,20 +121,28 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._delegate is not None:
             self._delegate.pause_writing()
-        elif self._conn is not None and not self._conn.closed:
+            return
+        conn = self._conn
+        if conn is not None and not conn.closed and conn.drop_slow:
             # More than max_queue_bytes unsent: a slow consumer. Disconnect from a fresh
             # loop turn, not from inside the write that noticed (it may be in a fan-out).
-            asyncio.get_running_loop().call_soon(self._slow)
+            asyncio.get_running_loop().call_soon(conn.drop_if_slow)
 
     def resume_writing(self) -> None:
         if self._delegate is not None:
             self._delegate.resume_writing()
+        elif self._conn is not None and not self._conn.closed and not self._conn.drop_slow:
+            self._conn.writable()
 
     # -- uvicorn ------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """uvicorn is stopping: tell the client to come back (3001)."""
-        if self._conn is not None and not self._conn.closed:
+        if self._delegate is not None:
+            shutdown = getattr(self._delegate, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+        elif self._conn is not None and not self._conn.closed:
             self._conn.disconnect(codes.SHUTDOWN)
         elif self._transport is not None:
             self._transport.close()
@@ -161,6 +164,10 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
+    def ping(self) -> None:
+        if not self._closing and self._transport is not None:
+            self._transport.write(wsframe.frame(wsframe.OP_PING, b""))
+
     def close(self, code: int, reason: str) -> None:
         if self._closing or self._transport is None:
             return
@@ -170,7 +177,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         # close() lets the queued bytes drain first; a reader that never drains them is
         # cut off after close_timeout.
         transport.close()
-        timeout = self._conn.service.close_timeout if self._conn is not None else 5.0
+        node = self._node()
+        timeout = node.close_timeout if node is not None else 5.0
         self._abort_handle = asyncio.get_running_loop().call_later(timeout, transport.abort)
 
     def pause_reading(self) -> None:
@@ -183,16 +191,62 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _slow(self) -> None:
-        if self._conn is not None:
-            self._conn.drop_if_slow()
-
-    def _service(self) -> Any:
+    def _node(self) -> RealtimeNode | None:
         app = type(self).app
-        if app is None:
-            return None
-        runtime = getattr(app.state, "runtime", None)
-        return runtime.services.get("realtime") if runtime is not None else None
+        runtime = getattr(getattr(app, "state", None), "runtime", None)
+        node = getattr(runtime, "realtime", None)
+        return node if isinstance(node, RealtimeNode) else None
+
+    def _handshake(self, head: bytes, rest: bytes) -> None:
+        try:
+            request = wsframe.parse_request(head)
+        except wsframe.WebSocketError as exc:
+            self._reject(400, exc.reason)
+            return
+        node = self._node()
+        found = node.match(request.path) if node is not None else None
+        if node is None or found is None:
+            self._cancel_deadline()
+            self._hand_over(head + rest)
+            return
+        if len(request.target) > MAX_TARGET:
+            self._reject(414, f"request target longer than {MAX_TARGET} bytes")
+            return
+        try:
+            response = wsframe.handshake_response(request)
+        except wsframe.WebSocketError as exc:
+            self._reject(400, exc.reason)
+            return
+        assert self._transport is not None
+        peer_info = self._transport.get_extra_info("peername")
+        peer = str(peer_info[0]) if isinstance(peer_info, tuple) and peer_info else ""
+        if not node.admit(peer):
+            self._reject(429, "too many connections from this address", retry_after=5)
+            return
+        route, params = found
+        hs = Handshake.from_target(request.target, request.headers, peer)
+        hs = Handshake(hs.path, hs.query, hs.headers, peer, params)
+        self._cancel_deadline()
+        self._transport.write(response)
+        conn = route.factory(node, self, hs)
+        self._conn = conn
+        self._parser = wsframe.FrameParser(max_size=conn.max_message)
+        if conn.drop_slow:
+            # A lone publication is written straight to the transport (node fan-out); the
+            # transport tells us through pause_writing when a reader falls too far behind.
+            conn.writer = self._transport.write
+            self._transport.set_write_buffer_limits(high=node.max_queue_bytes)
+        else:
+            # The wire keeps its own newest-only slot: it only needs to know when the
+            # socket is full and when it drained.
+            self._transport.set_write_buffer_limits(
+                high=conn.write_limit, low=conn.write_limit // 4
+            )
+        self._server_state.connections.add(self)
+        node.register(conn)
+        conn.opened()
+        if rest and not conn.closed:
+            self._frames(rest)
 
     def _hand_over(self, head: bytes) -> None:
         cls = _default_ws_class()
@@ -204,10 +258,21 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         delegate.connection_made(self._transport)
         cast(Any, delegate).data_received(head)
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, status: int, reason: str, *, retry_after: int | None = None) -> None:
+        self._cancel_deadline()
         if self._transport is not None:
-            self._transport.write(wsframe.reject_response(400, reason))
+            self._transport.write(wsframe.reject_response(status, reason, retry_after=retry_after))
             self._transport.close()
+
+    def _late(self) -> None:
+        self._deadline = None
+        if self._parser is None and self._delegate is None:
+            self._reject(408, "the upgrade request did not arrive in time")
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _frames(self, data: bytes) -> None:
         assert self._parser is not None and self._conn is not None
@@ -219,16 +284,21 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             self._protocol_close(exc.code, exc.reason)
             return
         conn = self._conn
+        conn.heard = True
         for op, payload in messages:
             if op == wsframe.OP_TEXT or op == wsframe.OP_BINARY:
-                conn.feed(payload)
+                conn.received(payload, op == wsframe.OP_BINARY)
             elif op == wsframe.OP_PING:
                 assert self._transport is not None
                 self._transport.write(wsframe.frame(wsframe.OP_PONG, payload))
             elif op == wsframe.OP_CLOSE:
                 code, _ = wsframe.parse_close(payload)
                 conn.lost()
-                self._protocol_close(code if code not in (1005, 1006) else 1000, "")
+                if not payload:
+                    code = wsframe.CLOSE_NORMAL  # no code given: a normal closure
+                elif len(payload) == 1 or not valid_close_code(code):
+                    code = wsframe.CLOSE_PROTOCOL_ERROR  # never echo a code that is not one
+                self._protocol_close(code, "")
                 return
             if self._closing:
                 return
@@ -240,6 +310,6 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
 
 
 def uvicorn_ws_protocol(app: Any) -> type[asyncio.Protocol]:
-    """The ``ws`` argument for ``uvicorn.Config`` that serves ``app``'s realtime endpoint
+    """The ``ws`` argument for ``uvicorn.Config`` that serves ``app``'s realtime routes
     with this engine: ``uvicorn.Config(app, ws=uvicorn_ws_protocol(app), ...)``."""
     return type("SessionhubWebSocketProtocol", (RealtimeWebSocketProtocol,), {"app": app})

@@ -1,0 +1,95 @@
+"""What every realtime connection is made of, whatever its wire format: the outgoing
+message (:class:`Out`, framed once), the engine's side of a socket (:class:`Sink`) and the
+upgrade request it was opened with (:class:`Handshake`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+from . import wsframe
+
+
+class Out:
+    """One outgoing message, with its WebSocket frame built once.
+
+    ``shared`` messages (publications, pings, join/leave) are the very same object in every
+    subscriber's queue. Replies belong to one connection: those queued in one loop turn are
+    collected in one ``Out`` (``parts``) and sealed into one frame, newline-separated, when
+    the queue is flushed.
+    """
+
+    __slots__ = ("binary", "framed", "parts", "payload", "shared")
+
+    def __init__(self, payload: bytes, *, shared: bool = True, binary: bool = False) -> None:
+        self.payload = payload
+        self.binary = binary
+        self.framed = wsframe.frame(wsframe.OP_BINARY, payload) if binary else wsframe.text(payload)
+        self.shared = shared
+        self.parts: list[bytes] | None = None
+
+    @classmethod
+    def batch(cls, first: bytes) -> Out:
+        out = cls.__new__(cls)
+        out.payload = b""
+        out.framed = b""
+        out.shared = False
+        out.binary = False
+        out.parts = [first]
+        return out
+
+    def seal(self) -> None:
+        if self.parts is not None:
+            self.payload = b"\n".join(self.parts)
+            self.framed = wsframe.text(self.payload)
+            self.parts = None
+
+
+class Sink(Protocol):
+    """What an engine (a socket, an SSE response) offers a connection."""
+
+    def write(self, items: list[Out]) -> None:
+        """Send ``items`` in order (one write where the engine can)."""
+
+    def write_one(self, item: Out) -> None:
+        """Send one item (the latency path of a lone publication)."""
+
+    def buffered(self) -> int:
+        """Bytes accepted by ``write`` and not yet handed to the network."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame after what is queued, then close (abort if it cannot drain)."""
+
+    def ping(self) -> None:
+        """Send a protocol-level ping (a WebSocket ping frame), where the engine can."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """The upgrade request a connection was opened with."""
+
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    #: The peer's address (for per-address limits), "" when unknown.
+    peer: str = ""
+    #: Path parameters of the route that matched (``{"session_id": ...}``).
+    params: Mapping[str, str] | None = None
+
+    @classmethod
+    def from_target(cls, target: str, headers: Mapping[str, str], peer: str = "") -> Handshake:
+        path, _, query = target.partition("?")
+        return cls(path, dict(parse_qsl(query, keep_blank_values=True)), headers, peer)
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """``(Authorization, X-API-Key)`` from the headers, or a ``?token=`` for browsers,
+        which cannot set headers on a WebSocket."""
+        token = self.query.get("token")
+        authorization = f"Bearer {token}" if token else self.headers.get("authorization")
+        return authorization, self.headers.get("x-api-key")

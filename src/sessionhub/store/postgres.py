@@ -1,0 +1,199 @@
+"""The store for many nodes: PostgreSQL over asyncpg, a pool of concurrent transactions.
+
+PostgreSQL groups WAL flushes of concurrent commits itself, so there is no writer queue:
+each operation runs on a pooled connection (``run_sync``). Reads and single-statement
+writes run in autocommit (one round trip instead of BEGIN, the statement, COMMIT);
+``save`` is ONE statement, the compare-and-set ``UPDATE`` as a CTE feeding the event
+``INSERT``. Migrations run under a transaction-level advisory lock, so several nodes can
+start at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+import asyncpg
+from sqlalchemy import Table, and_, bindparam, event, exc, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from ..core.engine import Change
+from ..core.errors import Unavailable
+from ..core.model import Event
+from .schema import events, sessions
+from .sealing import Sealer
+from .sql import CHANGED_COLUMNS, SqlStore, check_text
+
+T = TypeVar("T")
+#: The advisory lock key that serialises migrations across nodes.
+MIGRATION_LOCK = 745210331
+#: The first key of the per-session chat locks (the second is a hash of the session id).
+CHAT_LOCK = 745210332
+_CHAT_LOCK = text(f"SELECT pg_advisory_xact_lock({CHAT_LOCK}, hashtext(:sid))")
+_TOUCH_CHUNK = 5000
+
+
+class PostgresStore(SqlStore):
+    """``Store`` on PostgreSQL (``postgresql+asyncpg://...``)."""
+
+    outage_types: ClassVar[tuple[type[BaseException], ...]] = (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,  # refused, lost, rejected
+        asyncpg.exceptions.OperatorInterventionError,  # shutdown, starting up, cancelled
+        asyncpg.exceptions.TooManyConnectionsError,
+        asyncpg.InterfaceError,  # "connection is closed"
+    )
+
+    def __init__(self, url: str, *, sealer: Sealer | None = None, pool_size: int = 10) -> None:
+        if not url.startswith("postgresql"):
+            raise ValueError(
+                f"unsupported database URL {url!r} for PostgreSQL (use postgresql+asyncpg://)"
+            )
+        super().__init__(url, sealer=sealer)
+        # No pool_pre_ping: on asyncpg it costs three round trips per checkout (BEGIN,
+        # ";", ROLLBACK). asyncpg notices by itself a connection the server closed
+        # (restart, failover, pg_terminate_backend); the checkout hook hands out only
+        # live ones, with no round trip.
+        self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        event.listen(self.engine.sync_engine, "checkout", _discard_closed)
+        self._open = False
+
+    def _upsert(self, table: Table) -> Any:
+        return pg_insert(table)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._closed = False
+        await self.migrate()
+        self._open = True
+
+    async def close(self) -> None:
+        self._closed = True
+        self._open = False
+        await self.engine.dispose()
+
+    async def _lock_migrations(self, conn: AsyncConnection) -> None:
+        await conn.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    # -- running operations --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        # A disposed engine would quietly open a new pool: a closed store says so instead.
+        if not self._open:
+            raise Unavailable("the store is closed" if self._closed else "the store is not started")
+
+    async def _run_read(self, fn: Callable[[Connection], T]) -> T:
+        # In autocommit a read is one round trip instead of three (BEGIN, the SELECT,
+        # ROLLBACK). Nothing is lost: under READ COMMITTED each statement takes its own
+        # snapshot inside a transaction too.
+        return await self._autocommit(fn)
+
+    async def _run_write(self, fn: Callable[[Connection], T]) -> T:
+        self._check_open()
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(fn)
+
+    async def _run_write_one(self, fn: Callable[[Connection], T]) -> T:
+        # One statement is its own transaction: durable when it returns, no BEGIN/COMMIT.
+        return await self._autocommit(fn)
+
+    async def _autocommit(self, fn: Callable[[Connection], T]) -> T:
+        self._check_open()
+        async with self.engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await auto.run_sync(fn)
+
+    def _lock_chat(self, conn: Connection, session_id: str) -> None:
+        # Concurrent transactions would not see each other's uncommitted messages and hand
+        # out one position twice: a transaction-level lock per session (the two-key space,
+        # apart from the migration lock's) makes them take turns.
+        conn.execute(_CHAT_LOCK, {"sid": session_id})
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def save(self, change: Change) -> Event:
+        assert change.before is not None
+        check_text(change.session, change.event)
+        values = self._session_values(change.session)
+        del values["id"]
+        values["b_id"] = change.session.id
+        values["b_version"] = change.before.version
+        for name, value in self._event_values(change.event).items():
+            values[f"e_{name}"] = value
+
+        def run(conn: Connection) -> int | None:
+            seq: int | None = conn.execute(_SAVE, values).scalar()
+            return seq
+
+        seq = await self._write_one(run)
+        if seq is not None:
+            return dataclasses.replace(change.event, seq=seq)
+        raise self._conflict(change, await self.get(change.session.id))
+
+    async def touch(self, activity: Mapping[str, datetime]) -> int:
+        if not activity:
+            return 0
+        items = [(sid, ts if ts.tzinfo else ts.replace(tzinfo=UTC)) for sid, ts in activity.items()]
+
+        def run(conn: Connection) -> int:
+            changed = 0
+            for i in range(0, len(items), _TOUCH_CHUNK):
+                chunk = items[i : i + _TOUCH_CHUNK]
+                result = conn.execute(
+                    _TOUCH, {"ids": [sid for sid, _ in chunk], "ts": [ts for _, ts in chunk]}
+                )
+                changed += max(0, result.rowcount or 0)
+            return changed
+
+        return await self._write(run)
+
+
+# ``save`` in ONE statement (one round trip, atomic as any statement): the compare-and-set
+# UPDATE as a CTE, and the event inserted only for the row it moved.
+_EVENT_COLUMNS = [c.name for c in events.c if c.name != "seq"]
+_SAVE = (
+    events.insert()
+    .from_select(
+        _EVENT_COLUMNS,
+        select(*(bindparam(f"e_{n}", type_=events.c[n].type) for n in _EVENT_COLUMNS)).select_from(
+            update(sessions)
+            .where(
+                and_(
+                    sessions.c.id == bindparam("b_id"), sessions.c.version == bindparam("b_version")
+                )
+            )
+            .values({c.name: bindparam(c.name, type_=c.type) for c in CHANGED_COLUMNS})
+            .returning(sessions.c.id)
+            .cte("moved")
+        ),
+    )
+    .returning(events.c.seq)
+)
+
+# One statement per chunk over unnest()ed arrays: a single round trip, and a true row count
+# (asyncpg's executemany reports none).
+_TOUCH = text(
+    "UPDATE sessions AS s SET last_activity_at = v.ts "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:ts AS timestamptz[])) AS v(id, ts) "
+    "WHERE s.id = v.id AND s.last_activity_at < v.ts"
+)
+
+
+def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Pool checkout hook: refuse a connection whose server side is gone (the pool then
+    opens a fresh one)."""
+    raw = getattr(dbapi_connection, "_connection", None)
+    if raw is not None and raw.is_closed():
+        raise exc.DisconnectionError("the database closed this connection")
