@@ -5,17 +5,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test check format bench clean
+.PHONY: run test test-slow check format bench clean
 
 $(BIN)/python:
+	@echo "creating the virtualenv in $(VENV) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "installing sessionhub and its dependencies into $(VENV) (the first time: about a minute) ..."
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	@echo "installing sessionhub with its test tools into $(VENV) (the first time: a minute or two) ..."
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(VENV)/.installed $@
 
@@ -28,8 +31,13 @@ run: $(VENV)/.installed
 	$(BIN)/sessionhub migrate
 	$(BIN)/sessionhub serve --port $(PORT)
 
+# The default suite: fast (under two minutes on two cores). Slower suites are marked.
 test: $(VENV)/.installed-dev node_modules/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Real server processes, browsers, clusters and longer scenarios (CI runs these too).
+test-slow: $(VENV)/.installed-dev node_modules/.installed
+	$(BIN)/python -m pytest -q -m slow
 
 check: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench

@@ -228,9 +228,13 @@ async def test_first_start_runtime_creates_the_secret_and_accepts_its_tokens(
 async def test_cli_token_create_is_accepted_by_the_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The server makes the secret on its first start; the CLI signs with that one (and never
+    makes one of its own: a token signed with another secret would be refused)."""
     for var in ("SESSIONHUB_JWT_SECRET", "SESSIONHUB_JWT_PUBLIC_KEY", "SESSIONHUB_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
     data = tmp_path / "data"
+    rt: Runtime = build_runtime(Settings(data_dir=data, sweep_interval=3600))
+    assert rt.secret_created
     assert (
         cli.main(
             [
@@ -252,8 +256,6 @@ async def test_cli_token_create_is_accepted_by_the_server(
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["sub"] == "U" and claims["roles"] == ["admin"]
     assert claims["exp"] - claims["iat"] == 3600
-    rt: Runtime = build_runtime(Settings(data_dir=data, sweep_interval=3600))
-    assert not rt.secret_created  # the server reuses the secret the CLI created
     app = create_app(runtime=rt)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -311,3 +313,41 @@ def test_the_token_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for t in tokens:
         auth.verify(t)
     assert list(auth._verified) == tokens[-3:]
+
+
+def test_a_garbage_bearer_token_is_called_malformed_not_an_unknown_key() -> None:
+    auth = Authenticator(secret=SECRET)
+    for garbage in ("garbage", "not-a-token-at-all", "a.b"):
+        with pytest.raises(Unauthenticated, match="malformed bearer token: not a JWT"):
+            auth.authenticate(f"Bearer {garbage}")
+    with pytest.raises(Unauthenticated, match="malformed token: not a readable JWT"):
+        auth.authenticate("Bearer a.b.c")
+    keyed = Authenticator(secret=SECRET, api_keys=parse_api_keys("svc:" + "k" * 20))
+    with pytest.raises(Unauthenticated, match=r"neither a JWT .* nor a configured API key"):
+        keyed.authenticate("Bearer garbage")
+    assert keyed.authenticate(f"Bearer {'k' * 20}").sub == "svc"
+    # The X-API-Key header is only ever a key: there the answer stays "unknown API key".
+    with pytest.raises(Unauthenticated, match="unknown API key"):
+        keyed.authenticate(None, "garbage")
+
+
+def test_load_secret_reads_and_never_creates(tmp_path: Path) -> None:
+    from sessionhub.auth import load_secret
+
+    assert load_secret(tmp_path / "nothing") is None
+    assert not (tmp_path / "nothing").exists()
+    secret, _ = load_or_create_secret(tmp_path / "d")
+    assert load_secret(tmp_path / "d") == secret
+
+
+def test_the_documented_defaults() -> None:
+    """README and `sessionhub --help` state these; keep them in step."""
+    from sessionhub.auth import DEFAULT_TTL, LEEWAY, MIN_API_KEY_CHARS
+
+    assert timedelta(days=30) == DEFAULT_TTL and LEEWAY == 30 and MIN_API_KEY_CHARS == 16
+    auth = Authenticator(secret=SECRET)
+    claims = jwt.decode(auth.issue("a"), SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 30 * 86400
+    parse_api_keys("svc:" + "k" * 16)
+    with pytest.raises(ValueError, match="16\\+ characters"):
+        parse_api_keys("svc:" + "k" * 15)

@@ -165,3 +165,103 @@ def test_unexpected_errors_are_not_swallowed(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(cli, "cmd_genkey", boom)
     with pytest.raises(KeyError):
         cli.main(["genkey"])
+
+
+# -- a first hour without snags ----------------------------------------------------------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from sessionhub import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"sessionhub {__version__}"
+
+
+def test_top_level_help_says_what_the_tool_is_for(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "keeps sessions of any kind" in out and "sessionhub serve" in out
+    assert "Parses arguments" not in out  # not a module docstring written for programmers
+    # What a newcomer needs to know about tokens and keys.
+    assert "30 days" in out and "30 s after it expires" in out and "16+ characters" in out
+
+
+def test_token_help_documents_the_lifetime_and_leeway(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["token", "create", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default 30d" in out and "30 s of leeway" in out and "never creates a secret" in out
+
+
+def test_a_zero_ttl_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
+    for ttl in ("0", "0s", "0d"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["token", "create", "--user", "u", "--ttl", ttl])
+        assert exc.value.code == 2 and "longer than 0 s" in capsys.readouterr().err
+
+
+def _server_data_dir(tmp_path: Path) -> tuple[Path, str]:
+    """A data directory as the server leaves it on its first start, and that server's secret."""
+    from sessionhub.server.runtime import build_runtime
+
+    data = tmp_path / "server-data"
+    runtime = build_runtime(Settings(data_dir=data, sweep_interval=3600))
+    assert runtime.secret_created
+    return data, (data / "jwt-secret").read_text().strip()
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_token_create_from_another_directory_uses_the_servers_data_dir(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    import jwt
+
+    data, secret = _server_data_dir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    argv = ["token", "create", "--user", "alice"]
+    if how == "flag":
+        argv += ["--data-dir", str(data)]
+    else:
+        monkeypatch.setenv("SESSIONHUB_DATA_DIR", str(data))
+    assert cli.main(argv) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), secret, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["exp"] - claims["iat"] == 30 * 86400  # the documented default
+    assert list(elsewhere.iterdir()) == []  # nothing made where it ran
+
+
+def test_token_create_without_the_servers_secret_is_a_clear_error_and_creates_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["token", "create", "--user", "alice"]) == 1
+    err = capsys.readouterr().err
+    assert "no signing secret" in err and "--data-dir" in err and "SESSIONHUB_DATA_DIR" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()  # the old behaviour made ./data/jwt-secret here
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["token", "create", "--user", "alice", "--data-dir", str(empty)]) == 1
+    assert "server's data directory" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []
+
+
+def test_token_create_with_a_configured_secret_needs_no_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jwt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SESSIONHUB_JWT_SECRET", "configured-secret-0123456789abcdef")
+    assert cli.main(["token", "create", "--user", "svc", "--ttl", "90s"]) == 0
+    token = capsys.readouterr().out.strip()
+    claims = jwt.decode(token, "configured-secret-0123456789abcdef", algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 90 and list(tmp_path.iterdir()) == []

@@ -5,7 +5,7 @@
 (and ``workflows``, see docs/architecture.md) -> hub and below · ``server``, ``cli`` -> hub,
 consumers, relay, connectors, scheduler, workflows - never store, broker or presence directly ·
 ``client`` -> core only. ``auth`` (-> core) and ``settings`` (-> nothing) are leaves anyone
-above the core may use.
+above the core may use. The package root re-exports the public API.
 """
 
 from __future__ import annotations
@@ -34,9 +34,14 @@ ALLOWED: dict[str, set[str]] = {
     "client": {"core", "client", "root"},
     "hub": BELOW_HUB | {"hub"},
     **{layer: BELOW_HUB | {"hub", layer} for layer in SERVICES},
+    # A workflow applies a consumer's rule at once where a request needs its answer
+    # (JamBot's create and the one-active rule).
+    "workflows": BELOW_HUB | {"hub", "workflows", "consumers"},
     "server": {"core", "kinds", "hub", "auth", "settings", "server", "root"} | SERVICES,
     "cli": {"core", "kinds", "hub", "auth", "settings", "server", "cli", "root"} | SERVICES,
-    "root": set(),
+    # The package's __init__ re-exports the public API (lazily, so importing the client
+    # pulls in nothing of the server): it names what every layer offers.
+    "root": {"core", "kinds", "hub", "settings", "server", "root"},
 }
 TOP_LEVEL = {
     "hub": "hub",

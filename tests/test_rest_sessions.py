@@ -290,3 +290,52 @@ async def test_unknown_and_foreign_sessions_are_both_404(
     assert str(foreign["detail"]).replace(str(s["id"]), "X") == str(missing["detail"]).replace(
         "ses_nope", "X"
     )
+
+
+# -- filters a newcomer gets wrong ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["/api/sessions", "/api/sessions/count"])
+async def test_an_unknown_state_filter_is_422_naming_the_valid_states(
+    client: httpx.AsyncClient, auth: Auth, route: str
+) -> None:
+    h = auth("alice")
+    await create(client, h)
+    body = assert_problem(
+        await client.get(f"{route}?state=bogus", headers=h), 422, "'bogus'", "active", "ended"
+    )
+    assert body["errors"] == [{"field": "state", "message": body["detail"]}]
+    # Another kind's state is no state of this one.
+    body = assert_problem(
+        await client.get(f"{route}?kind=remote_access&state=active,ended", headers=h),
+        422,
+        "'ended'",
+        "of kind remote_access",
+        "pending_approval",
+    )
+    assert "'active'" not in str(body["detail"])
+    # Valid states still filter as before.
+    assert (await client.get(f"{route}?state=active,ended", headers=h)).status_code == 200
+    r = await client.get(f"{route}?kind=remote_access&state=pending_approval", headers=h)
+    assert r.status_code == 200
+
+
+async def test_a_text_filter_matches_id_owner_and_attributes(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    admin = auth("root", "admin")
+    a = await create(client, auth("alice"), attributes={"label": "Telescope night"})
+    b = await create(client, auth("bob"), attributes={"label": "other"})
+
+    async def ids(text: str) -> set[object]:
+        r = await client.get("/api/sessions", params={"text": text}, headers=admin)
+        assert r.status_code == 200, r.text
+        return {s["id"] for s in r.json()["items"]}
+
+    assert await ids("telescope") == {a["id"]}  # attributes, case-insensitively
+    assert await ids("BOB") == {b["id"]}  # the owner
+    assert await ids(str(a["id"])[-6:]) == {a["id"]}  # the id
+    assert await ids("nothing like it") == set()
+    r = await client.get("/api/sessions/count", params={"text": "telescope"}, headers=admin)
+    assert r.json() == {"count": 1, "active_sessions": 1}
+    assert_problem(await client.get("/api/sessions?text=" + "t" * 201, headers=admin), 422, "text")

@@ -296,3 +296,143 @@ async def test_the_sign_in_link_lands_on_a_page_that_shows_the_token(
     # The token is read from the query by the page's script, not echoed into the HTML.
     assert "abc.def.ghi" not in r.text
     assert 'get("token")' in r.text
+
+
+# -- a first hour without snags ----------------------------------------------------------------
+
+
+async def test_a_garbage_bearer_token_is_called_malformed(client: httpx.AsyncClient) -> None:
+    r = await client.get("/api/sessions", headers={"Authorization": "Bearer garbage"})
+    body = assert_problem(r, 401, "malformed bearer token", "not a JWT")
+    assert "API key" not in str(body["detail"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (b'{"kind": }', "line 1, column 10 (character 9)"),
+        (b'{\n  "kind": "generic",\n  "metadata": {"a": 1,}\n}', "line 3, column 23"),
+        (b'{"kind": "generic"', "line 1, column 19 (character 18)"),
+    ],
+)
+async def test_a_json_syntax_error_names_the_position_in_words(
+    client: httpx.AsyncClient, auth: Auth, raw: bytes, where: str
+) -> None:
+    headers = {**auth("alice"), "Content-Type": "application/json"}
+    r = await client.post("/api/sessions", content=raw, headers=headers)
+    body = assert_problem(r, 422, "the body is not valid JSON", where)
+    assert body["errors"] == [{"field": "body", "message": str(body["detail"]).split(": ", 1)[1]}]
+
+
+async def test_a_body_that_is_not_an_object_says_so(client: httpx.AsyncClient, auth: Auth) -> None:
+    r = await client.post("/api/sessions", json=[1, 2], headers=auth("alice"))
+    assert_problem(r, 422, "body: the body must be a JSON object")
+
+
+async def test_a_non_utf8_body_says_it_is_not_utf8(client: httpx.AsyncClient, auth: Auth) -> None:
+    headers = {**auth("alice"), "Content-Type": "application/json"}
+    r = await client.post(
+        "/api/sessions", content='{"kind": "é"}'.encode("latin-1"), headers=headers
+    )
+    assert_problem(r, 400, "not valid UTF-8", "byte 0xe9 at position 10")
+
+
+@pytest.mark.parametrize(("retry_after", "header"), [(None, "1"), (7, "7")])
+async def test_unavailable_problems_carry_retry_after(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    retry_after: int | None,
+    header: str,
+) -> None:
+    from sessionhub.core.errors import Unavailable
+
+    extra = {} if retry_after is None else {"retry_after": retry_after}
+
+    async def down(*_: object, **__: object) -> None:
+        raise Unavailable("the database is not answering; retry shortly", **extra)
+
+    monkeypatch.setattr(runtime.hub.store, "find", down)
+    r = await client.get("/api/sessions", headers=auth("alice"))
+    body = assert_problem(r, 503, "not answering")
+    assert r.headers["retry-after"] == header and "retry_after" not in body
+
+
+async def test_openapi_declares_bearer_and_api_key_security(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearer"]["type"] == "http" and schemes["bearer"]["scheme"] == "bearer"
+    assert schemes["apiKey"] == {**schemes["apiKey"], "type": "apiKey", "in": "header"}
+    assert schemes["apiKey"]["name"] == "X-API-Key"
+    assert doc["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert doc["paths"]["/api/health"]["get"]["security"] == []  # anyone may call it
+    assert "security" not in doc["paths"]["/api/sessions"]["get"]  # the default applies
+
+
+async def test_docs_and_redoc_load_their_assets_from_this_server(
+    client: httpx.AsyncClient,
+) -> None:
+    import re
+
+    for page, assets in (
+        ("/docs", ["swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"]),
+        ("/redoc", ["redoc.standalone.js", "favicon.png"]),
+    ):
+        r = await client.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        urls = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+        assert urls and all(u.startswith("/docs/assets/") for u in urls), urls
+        assert "http://" not in r.text and "https://" not in r.text  # no CDN, no web fonts
+        for name in assets:
+            assert f"/docs/assets/{name}" in urls
+            asset = await client.get(f"/docs/assets/{name}")
+            assert asset.status_code == 200 and len(asset.content) > 1000, name
+    js = await client.get("/docs/assets/swagger-ui-bundle.js")
+    assert js.headers["content-type"].startswith("text/javascript")
+    assert_problem(await client.get("/docs/assets/nothing.js"), 404)
+    assert_problem(await client.get("/docs/assets/..%2F__init__.py"), 404)
+
+
+async def test_the_dashboard_is_served_under_a_policy_of_this_origin_only(
+    client: httpx.AsyncClient,
+) -> None:
+    import base64
+    import hashlib
+    import re
+
+    r = await client.get("/")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "connect-src 'self'" in csp
+    assert r.headers["referrer-policy"] == "no-referrer"
+    # The one inline script (it takes the token out of the address bar) is allowed by hash.
+    (inline,) = re.findall(r"<script>(.*?)</script>", r.text, re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp and "unsafe-inline" not in csp
+    # Every module the page imports is served, with the right type, and from nowhere else.
+    pending, seen = ["/dashboard/js/main.js"], set()
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        m = await client.get(path)
+        assert m.status_code == 200, path
+        assert m.headers["content-type"].startswith("text/javascript"), path
+        for spec in re.findall(r"""from ['"]([^'"]+)['"]""", m.text):
+            assert spec.startswith("."), f"{path} imports {spec} from outside the dashboard"
+            base = path.rsplit("/", 1)[0]
+            parts = [*base.split("/"), *spec.split("/")]
+            out: list[str] = []
+            for p in parts:
+                if p == "..":
+                    out.pop()
+                elif p != ".":
+                    out.append(p)
+            pending.append("/".join(out))
+    assert len(seen) > 10
+    css = await client.get("/dashboard/app.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert "http" not in css.text  # no fonts or images from elsewhere
+    for bad in ("/dashboard/__init__.py", "/dashboard/index.html.bak", "/dashboard/../system.py"):
+        assert (await client.get(bad)).status_code == 404, bad

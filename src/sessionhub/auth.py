@@ -1,8 +1,11 @@
 """Authentication: bearer JWTs (HS256 secret or RS256 public key) and API keys for services.
 
-A token carries ``sub`` (the user id) and ``roles`` (for example ``["admin"]``). An API key
-maps to a fixed principal. Scoping (non-admins see only their own sessions) is done by the
-hub and core through ``Principal``; this module only answers "who is calling".
+A token carries ``sub`` (the user id) and ``roles`` (for example ``["admin"]``). Tokens this
+server issues live 30 days unless told otherwise (``DEFAULT_TTL``); an expired token is still
+accepted for ``LEEWAY`` seconds, to forgive clock skew between machines. An API key maps to a
+fixed principal and is at least ``MIN_API_KEY_CHARS`` characters long. Scoping (non-admins
+see only their own sessions) is done by the hub and core through ``Principal``; this module
+only answers "who is calling".
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ from .core.errors import Unauthenticated
 from .core.principal import Principal
 
 SECRET_FILE = "jwt-secret"
+#: Lifetime of an issued token unless the caller says otherwise.
+DEFAULT_TTL = timedelta(days=30)
+#: Seconds past ``exp`` a token is still accepted (clock skew between machines).
+LEEWAY = 30.0
+#: API keys shorter than this are refused at start-up: a short key can be guessed.
+MIN_API_KEY_CHARS = 16
+#: What a JWT looks like, for the messages that refuse something that is not one.
+_JWT_SHAPE = "three base64url parts separated by dots, as 'sessionhub token create' prints"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +48,23 @@ def parse_api_keys(spec: str) -> list[ApiKey]:
     out: list[ApiKey] = []
     for item in filter(None, (x.strip() for x in spec.split(","))):
         parts = item.split(":")
-        if len(parts) not in (2, 3) or not parts[0] or len(parts[1]) < 16:
+        if len(parts) not in (2, 3) or not parts[0] or len(parts[1]) < MIN_API_KEY_CHARS:
             raise ValueError(
-                f"bad API key entry {item!r}: want name:key[:role+role], key of 16+ characters"
+                f"bad API key entry {item!r}: want name:key[:role+role], "
+                f"key of {MIN_API_KEY_CHARS}+ characters"
             )
         roles = frozenset(filter(None, parts[2].split("+"))) if len(parts) == 3 else frozenset()
         out.append(ApiKey(parts[0], parts[1], roles))
     return out
+
+
+def load_secret(data_dir: Path) -> str | None:
+    """The HS256 secret kept in the data directory, or None when there is none (never creates
+    one: only the server does, on its first start)."""
+    path = data_dir / SECRET_FILE
+    if not path.is_file():
+        return None
+    return path.read_text().strip() or None
 
 
 def load_or_create_secret(data_dir: Path) -> tuple[str, bool]:
@@ -68,7 +89,7 @@ class Authenticator:
         secret: str | None = None,
         public_key: str | None = None,
         api_keys: Iterable[ApiKey] = (),
-        leeway: float = 30.0,
+        leeway: float = LEEWAY,
     ) -> None:
         if not secret and not public_key:
             raise ValueError("configure a JWT secret (HS256) or a public key (RS256)")
@@ -85,7 +106,7 @@ class Authenticator:
         self,
         sub: str,
         roles: Iterable[str] = (),
-        ttl: timedelta | None = timedelta(days=30),
+        ttl: timedelta | None = DEFAULT_TTL,
         now: datetime | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> str:
@@ -128,7 +149,7 @@ class Authenticator:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise Unauthenticated("malformed token") from None
+            raise Unauthenticated(f"malformed token: not a readable JWT ({_JWT_SHAPE})") from None
         alg = header.get("alg")
         if alg == "HS256" and self._secret:
             key: str = self._secret
@@ -158,10 +179,16 @@ class Authenticator:
         return principal, float(exp) if isinstance(exp, int | float) else None
 
     def api_key(self, key: str) -> Principal:
+        principal = self._match_key(key)
+        if principal is None:
+            raise Unauthenticated("unknown API key")
+        return principal
+
+    def _match_key(self, key: str) -> Principal | None:
         for k in self._api_keys:
             if hmac.compare_digest(k.key, key):
                 return Principal(k.name, k.roles - {"system"})
-        raise Unauthenticated("unknown API key")
+        return None
 
     def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
         """From an ``Authorization: Bearer ...`` header or an ``X-API-Key`` header."""
@@ -181,5 +208,14 @@ class Authenticator:
             raise Unauthenticated("Authorization must be 'Bearer <token>'")
         value = value.strip()
         if value.count(".") != 2:
-            return self.api_key(value), None
+            # Not shaped like a JWT: one of our API keys, or garbage. Answering "unknown API
+            # key" to someone who pasted a broken token would send them the wrong way.
+            principal = self._match_key(value)
+            if principal is not None:
+                return principal, None
+            if self._api_keys:
+                raise Unauthenticated(
+                    f"malformed bearer token: neither a JWT ({_JWT_SHAPE}) nor a configured API key"
+                )
+            raise Unauthenticated(f"malformed bearer token: not a JWT ({_JWT_SHAPE})")
         return self.verify_with_expiry(value)

@@ -1,17 +1,42 @@
-"""``sessionhub``: serve, migrate, token. Parses arguments and calls the library."""
+"""The ``sessionhub`` command line: parses arguments and calls the library."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from .auth import Authenticator, load_or_create_secret
-from .settings import Settings
+from . import __version__
+from .auth import DEFAULT_TTL, LEEWAY, MIN_API_KEY_CHARS, SECRET_FILE, Authenticator, load_secret
+from .core.errors import SessionHubError
+from .settings import ENV_PREFIX, Settings
+
+# What `sessionhub --help` says: what the tool is for, then how to start (argparse would
+# otherwise show a module docstring written for programmers).
+DESCRIPTION = """\
+sessionhub keeps sessions of any kind (remote access, screen shares, workspaces, ...)
+through their lifecycle, stores them durably and pushes every change live to browsers
+and programs. `sessionhub serve` starts the server and prints the dashboard's sign-in
+link; the other commands prepare its database and issue its tokens."""
+
+EPILOG = f"""\
+examples:
+  sessionhub serve                               # http://127.0.0.1:8000, data in ./data
+  sessionhub token create --user alice           # a user's token (sees only her sessions)
+  sessionhub token create --user root --role admin --data-dir /srv/sessionhub/data
+
+tokens:
+  HS256 JWTs signed with the secret the server keeps in <data dir>/{SECRET_FILE}
+  (created on its first start). A token lives {DEFAULT_TTL.days} days unless --ttl says otherwise;
+  the server still accepts it for {LEEWAY:.0f} s after it expires (clock skew between machines).
+  API keys (SESSIONHUB_API_KEYS=name:key[:role+role],...) need {MIN_API_KEY_CHARS}+ characters.
+
+Every setting is also an environment variable, SESSIONHUB_<NAME> (see the README)."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -26,11 +51,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def parse_ttl(text: str) -> timedelta:
-    """``90s``, ``15m``, ``12h``, ``30d`` or plain seconds."""
+    """``90s``, ``15m``, ``12h``, ``30d`` or plain seconds; more than zero."""
     m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
     if not m:
         raise argparse.ArgumentTypeError(f"bad duration {text!r}: use e.g. 90s, 15m, 12h, 30d")
     n, unit = int(m.group(1)), m.group(2) or "s"
+    if n == 0:
+        # A token that expires as it is made is never what was meant (and "0" does not mean
+        # "never expires" here: tokens always expire).
+        raise argparse.ArgumentTypeError(
+            f"bad duration {text!r}: a token must live longer than 0 s, e.g. 12h or 30d"
+        )
     return timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
 
 
@@ -102,10 +133,35 @@ def cmd_token(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        secret, _ = load_or_create_secret(settings.data_dir)
+        secret = _server_secret(args, settings)
     auth = Authenticator(secret=secret)
     print(auth.issue(args.user, args.role or [], ttl=args.ttl))
     return 0
+
+
+def _server_secret(args: argparse.Namespace, settings: Settings) -> str:
+    """The secret of the server whose data directory this is. Never created here: a token
+    signed with a fresh secret would be refused by the server, which is worse than an error."""
+    secret = load_secret(settings.data_dir)
+    if secret is not None:
+        return secret
+    path = (settings.data_dir / SECRET_FILE).resolve()
+    if args.data_dir or ENV_PREFIX + "DATA_DIR" in os.environ:
+        raise ConfigError(
+            f"no signing secret at {path}: is this the server's data directory? The server "
+            "creates it on its first start (sessionhub serve --data-dir DIR)"
+        )
+    raise ConfigError(
+        f"no signing secret at {path}: run this in the directory the server runs in, or pass "
+        "--data-dir (or set SESSIONHUB_DATA_DIR) to the server's data directory, "
+        "or set SESSIONHUB_JWT_SECRET to the server's secret"
+    )
+
+
+def cmd_nina_sim(args: argparse.Namespace) -> int:
+    from .connectors.nina.simulator import main as simulate
+
+    return simulate(list(args.rest))
 
 
 def cmd_genkey(_: argparse.Namespace) -> int:
@@ -120,8 +176,14 @@ def _redact(url: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sessionhub", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="sessionhub",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"sessionhub {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -152,14 +214,34 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("genkey", help="print a new encryption key for SESSIONHUB_ENCRYPTION_KEYS")
     g.set_defaults(func=cmd_genkey)
 
+    n = sub.add_parser(
+        "nina-sim",
+        help="serve a simulated NINA rig (Advanced API) on loopback",
+        add_help=False,
+        description="Plays a night of a NINA rig: event and image history, guider info and "
+        "the live socket. Options: sessionhub nina-sim --help.",
+    )
+    n.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    n.set_defaults(func=cmd_nina_sim)
+
     t = sub.add_parser("token", help="issue tokens")
     tsub = t.add_subparsers(dest="token_command", required=True)
-    tc = tsub.add_parser("create", help="print a signed token")
+    tc = tsub.add_parser(
+        "create",
+        help="print a signed token",
+        description="Print a token signed with the server's secret. Run it where the server "
+        "runs, or point it at the server's data directory (--data-dir, SESSIONHUB_DATA_DIR); "
+        "it never creates a secret.",
+        epilog=f"The server accepts a token until its expiry plus {LEEWAY:.0f} s of leeway.",
+    )
     common(tc)
     tc.add_argument("--user", required=True, help="the token's subject")
     tc.add_argument("--role", action="append", help="a role (repeatable), e.g. --role admin")
     tc.add_argument(
-        "--ttl", type=parse_ttl, default=timedelta(days=30), help="lifetime, e.g. 12h or 30d"
+        "--ttl",
+        type=parse_ttl,
+        default=DEFAULT_TTL,
+        help=f"lifetime, e.g. 90s, 15m, 12h or 30d (default {DEFAULT_TTL.days}d; must be > 0)",
     )
     tc.set_defaults(func=cmd_token)
     return p
@@ -170,14 +252,18 @@ class ConfigError(Exception):
 
 
 def _is_setup_error(exc: BaseException) -> bool:
-    # Bad settings (ValueError), an unreachable database (OSError) or a database error
-    # raised while connecting or migrating: the user needs a message, not a traceback.
-    return isinstance(exc, ValueError | OSError | ConfigError) or type(exc).__module__.startswith(
-        ("sqlalchemy", "asyncpg", "sqlite3", "alembic")
-    )
+    # Bad settings (ValueError), an unreachable database (OSError, or the store's own
+    # Unavailable) or a database error raised while connecting or migrating: the user needs
+    # a message, not a traceback.
+    if isinstance(exc, ValueError | OSError | ConfigError | SessionHubError):
+        return True
+    return type(exc).__module__.startswith(("sqlalchemy", "asyncpg", "sqlite3", "alembic"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["nina-sim"]:
+        return cmd_nina_sim(argparse.Namespace(rest=argv[1:]))  # its own options and --help
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
@@ -185,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _is_setup_error(exc):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"sessionhub {args.command}: error: {type(exc).__name__}: {message}", file=sys.stderr)
+        # Our own errors are sentences already; others get their type name as context.
+        what = "" if isinstance(exc, ConfigError) else f"{type(exc).__name__}: "
+        print(f"sessionhub {args.command}: error: {what}{message}", file=sys.stderr)
         return 1
     return result
 

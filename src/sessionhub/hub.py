@@ -294,12 +294,15 @@ class Hub:
         attributes: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
         session_id: str | None = None,
         at: datetime | None = None,
     ) -> tuple[Session, bool]:
         """Create a session; returns (session, created). A repeated idempotency key returns
-        the first session and ``created=False``. ``at`` stamps the change with another time
-        than the clock's (a connector replaying an upstream event at its own time)."""
+        the first session and ``created=False`` - unless the key came with another
+        ``fingerprint`` (a digest of the request) the first time: then ``IdempotencyConflict``
+        (422). ``at`` stamps the change with another time than the clock's (a connector
+        replaying an upstream event at its own time)."""
         kind = self.kinds.get_kind(kind_name)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise InvalidInput("Idempotency-Key must be 1 to 200 characters")
@@ -318,7 +321,7 @@ class Hub:
             try:
                 async with self._lock(sid):
                     session, stored = await self.store.insert(
-                        change, idempotency_key=idempotency_key
+                        change, idempotency_key=idempotency_key, fingerprint=fingerprint
                     )
                     self._remember(session)
                     self._wrote(session)

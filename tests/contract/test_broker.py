@@ -1,8 +1,9 @@
 """The Broker contract (broker/base.py): one suite for every implementation (presence has its
 own: ``test_presence.py``).
 
-Add an implementation by adding a factory to ``BROKERS`` (the Redis one, with the
-``redis`` mark, when it exists). Time is injected: ``clock.advance(seconds)``.
+Add an implementation by adding a factory to ``BROKERS`` (and, if it needs a service, its
+mark and namespace fixture to ``SERVICES``: see ``conftest.redis_prefix``). Time is injected:
+``clock.advance(seconds)``; the Redis broker stores it with each history entry.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from tests.conftest import REDIS_URL
 
 from sessionhub.broker.base import Broker
 from sessionhub.broker.memory import MemoryBroker
@@ -28,11 +30,27 @@ class Clock:
         self.now += seconds
 
 
-def memory(clock: Clock, size: int, ttl: float) -> Broker:
+def memory(clock: Clock, size: int, ttl: float, namespace: str) -> Broker:
     return MemoryBroker(history_size=size, history_ttl=ttl, clock=clock)
 
 
-BROKERS: dict[str, Callable[[Clock, int, float], Broker]] = {"memory": memory}
+def redis(clock: Clock, size: int, ttl: float, namespace: str) -> Broker:
+    from sessionhub.broker.redis import RedisBroker
+
+    return RedisBroker(REDIS_URL, history_size=size, history_ttl=ttl, clock=clock, prefix=namespace)
+
+
+#: Factories: ``(clock, history size, history ttl, namespace)``; the namespace keeps a test's
+#: state in a service apart from every other test's.
+BROKERS: dict[str, Callable[[Clock, int, float, str], Broker]] = {
+    "memory": memory,
+    "redis": redis,
+}
+#: The implementations that need a service: its mark, and the fixture of a namespace of the
+#: test's own in it (or a skip when the service is not there).
+SERVICES: dict[str, tuple[pytest.MarkDecorator, str]] = {
+    "redis": (pytest.mark.redis, "redis_prefix")
+}
 
 
 @pytest.fixture
@@ -40,12 +58,25 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=sorted(BROKERS))
-async def make(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Callable[..., Any]]:
+@pytest.fixture(
+    params=[
+        pytest.param(n, marks=[SERVICES[n][0]] if n in SERVICES else []) for n in sorted(BROKERS)
+    ]
+)
+def implementation(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """``(name, namespace)`` of the implementation under test."""
+    name: str = request.param
+    namespace: str = request.getfixturevalue(SERVICES[name][1]) if name in SERVICES else ""
+    return name, namespace
+
+
+@pytest.fixture
+async def make(implementation: tuple[str, str], clock: Clock) -> AsyncIterator[Callable[..., Any]]:
+    name, namespace = implementation
     made: list[Broker] = []
 
     async def factory(size: int = 100, ttl: float = 600.0) -> Broker:
-        b = BROKERS[request.param](clock, size, ttl)
+        b = BROKERS[name](clock, size, ttl, namespace)
         await b.start()
         made.append(b)
         return b

@@ -1,7 +1,8 @@
 """The Presence contract (presence/base.py): one suite for every implementation.
 
-Add an implementation by adding a factory to ``PRESENCE`` (the Redis one carries the ``redis``
-mark). Time is injected: ``clock.advance(seconds)``.
+Add an implementation by adding a factory to ``PRESENCE`` (and, if it needs a service, its
+mark and namespace fixture to ``SERVICES``: see ``conftest.redis_prefix``). Time is injected:
+``clock.advance(seconds)``; Redis presence scores leases with it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from tests.conftest import REDIS_URL
 
 from sessionhub.core.streams import ClientInfo, PresenceEvent
 from sessionhub.presence.base import Presence
@@ -27,11 +29,24 @@ class Clock:
         self.now += seconds
 
 
-def memory(clock: Clock) -> Presence:
+def memory(clock: Clock, namespace: str) -> Presence:
     return MemoryPresence(clock=clock)
 
 
-PRESENCE: dict[str, Callable[[Clock], Presence]] = {"memory": memory}
+def redis(clock: Clock, namespace: str) -> Presence:
+    from sessionhub.presence.redis import RedisPresence
+
+    return RedisPresence(REDIS_URL, clock=clock, prefix=namespace)
+
+
+#: Factories: ``(clock, namespace)``; the namespace keeps a test's state in a service apart
+#: from every other test's.
+PRESENCE: dict[str, Callable[[Clock, str], Presence]] = {"memory": memory, "redis": redis}
+#: The implementations that need a service: its mark, and the fixture of a namespace of the
+#: test's own in it (or a skip when the service is not there).
+SERVICES: dict[str, tuple[pytest.MarkDecorator, str]] = {
+    "redis": (pytest.mark.redis, "redis_prefix")
+}
 
 
 @pytest.fixture
@@ -39,12 +54,25 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=sorted(PRESENCE))
-async def make(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Callable[..., Any]]:
+@pytest.fixture(
+    params=[
+        pytest.param(n, marks=[SERVICES[n][0]] if n in SERVICES else []) for n in sorted(PRESENCE)
+    ]
+)
+def implementation(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """``(name, namespace)`` of the implementation under test."""
+    name: str = request.param
+    namespace: str = request.getfixturevalue(SERVICES[name][1]) if name in SERVICES else ""
+    return name, namespace
+
+
+@pytest.fixture
+async def make(implementation: tuple[str, str], clock: Clock) -> AsyncIterator[Callable[..., Any]]:
+    name, namespace = implementation
     made: list[Presence] = []
 
     async def factory() -> Presence:
-        b = PRESENCE[request.param](clock)
+        b = PRESENCE[name](clock, namespace)
         await b.start()
         made.append(b)
         return b

@@ -55,11 +55,12 @@ class Consumer(Protocol):
         """Prepare to run; return the position to start after for an in-memory consumer, or
         None to use the durable position in the store (0 when it has none)."""
 
-    async def handle(self, events: Sequence[Event], position: int) -> bool:
-        """Apply ``events`` (those of its kinds, in order) and move the position to
-        ``position`` (the seq of the last event read, wanted or not). Returns False when
-        the position moved under it (another node committed first): the runner then
-        re-reads its position and carries on from there."""
+    async def handle(self, events: Sequence[Event], start: int | None, position: int) -> bool:
+        """Apply ``events`` (those of its kinds, in order) and move the position from
+        ``start`` (None: the consumer has no stored position yet) to ``position`` (the seq of
+        the last event read, wanted or not). Returns False when the stored position was not
+        ``start`` (another node committed first): the runner then re-reads it and carries on
+        from there."""
 
     async def end(self) -> None:
         """Leadership moved away or the node stops: drop what ``begin`` prepared."""
@@ -69,6 +70,8 @@ class Consumer(Protocol):
 class _Cursor:
     consumer: Consumer
     position: int = 0
+    #: Whether the position is stored (a durable consumer that committed once).
+    stored: bool = False
     #: seq -> when a hole at that seq was first seen.
     holes: dict[int, float] = field(default_factory=dict)
     handled: int = 0
@@ -201,7 +204,9 @@ class Consumers:
             for cursor in self._cursors:
                 start = await cursor.consumer.begin()
                 if start is None:
-                    start = await self.hub.store.consumer_position(cursor.consumer.name) or 0
+                    stored = await self.hub.store.consumer_position(cursor.consumer.name)
+                    cursor.stored = stored is not None
+                    start = stored or 0
                 cursor.position = start
                 cursor.holes.clear()
             self.leading = True
@@ -231,11 +236,14 @@ class Consumers:
         wanted = [e for e in ready if consumer.kinds is None or e.kind in consumer.kinds]
         last = ready[-1].seq
         assert last is not None
-        if await consumer.handle(wanted, last):
+        start = cursor.position if cursor.stored else None
+        if await consumer.handle(wanted, start, last):
             cursor.position = last
+            cursor.stored = True
             cursor.handled += len(wanted)
         else:
             stored = await self.hub.store.consumer_position(consumer.name)
+            cursor.stored = stored is not None
             cursor.position = max(cursor.position, stored or 0)
         return len(events) >= self.batch or len(ready) < len(events)
 

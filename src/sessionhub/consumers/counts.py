@@ -104,7 +104,7 @@ class SessionCounts:
         await self._publish([(COUNTS_TOPIC, self._counts())])
         return position
 
-    async def handle(self, events: Sequence[Event], position: int) -> bool:
+    async def handle(self, events: Sequence[Event], start: int | None, position: int) -> bool:
         for event in events:
             self.on_event(event)
         out, self._outbox = self._outbox, []

@@ -1,42 +1,37 @@
 """Notifications: what kinds say about their events, stored per user, pushed live, sent out.
 
 A kind turns an event into notifications with ``Kind.notifications(event, before)`` (pure,
-``[{"event": name, "data": {...}}]``). The ``Notifier`` listens to the hub: the listener only
-asks the kind and queues the result, and one worker task then
+``[{"event": name, "data": {...}}]``). The ``Notifier`` is a durable consumer of the event
+log (``consumers/base.py``): for each batch of events it
 
-1. stores each notification in the ``notifications`` table, once per recipient, with an id
-   derived from (event id, index, recipient): storing is an insert-if-absent, so an event
-   republished from the outbox after a crash never duplicates a notification;
-2. in the same transaction enqueues the webhook deliveries (``consumers/webhooks.py``);
+1. derives the notifications, once per recipient, with ids derived from (event id, index,
+   recipient), and the webhook deliveries of each (``consumers/webhooks.py``);
+2. stores them and moves its position past the batch **in one transaction**
+   (``Store.commit_consumer``, a compare-and-set on the position): each event's
+   notifications and deliveries are stored exactly once, whichever node ran the batch and
+   however often a crash made it run again;
 3. after the commit, publishes each *new* notification ``{"id", "event", "data"}`` on the
    broker topic ``notifications:<user>`` (and ``admin:notifications`` for those addressed to
    admins), then wakes the webhook worker.
 
-Recipients: the session's owner; a kind may add ``"notify_admins": true`` to a notification
-(``remote_session_approval_needed`` does) to address every admin too. Admin notifications
-are stored once under the reserved recipient ``@admins`` and pushed on the topic
-``admin:notifications``, which only admins may subscribe to (an unknown topic prefix is
-admins-only in ``core.topics``), so no user name can collide with it.
-
-Nothing is lost across a crash: when the worker starts it re-derives notifications from the
-events table for events newer than the newest stored notification (minus a margin, and at
-most ``catchup`` old) and inserts whatever is missing, which covers events committed whose
-notification was not yet written when the process died.
+The live push happens after the commit: a node that dies between the two stores the
+notification (it is listed) but does not push it. Recipients: the session's owner; a kind
+may add ``"notify_admins": true`` to a notification (``remote_session_approval_needed`` does)
+to address every admin too. Admin notifications are stored once under the reserved
+recipient ``@admins`` and pushed on the topic ``admin:notifications``, which only admins may
+subscribe to (an unknown topic prefix is admins-only in ``core.topics``), so no user name can
+collide with it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
-from ..core.engine import Change
 from ..core.errors import Forbidden, InvalidInput
 from ..core.kind import Kind
 from ..core.model import JSON, Event, iso
@@ -52,10 +47,6 @@ log = logging.getLogger("sessionhub.notifications")
 ADMINS = "@admins"
 #: The topic on which notifications for admins are pushed.
 ADMIN_TOPIC = "admin:notifications"
-#: How far before the newest stored notification the start-up catch-up looks.
-CATCHUP_MARGIN = timedelta(minutes=5)
-#: Events waiting for their notifications to be stored, at most.
-MAX_QUEUE = 10_000
 
 
 def user_topic(user: str) -> str:
@@ -74,165 +65,119 @@ def _has_notifications(kind: Kind) -> bool:
 
 
 class Notifier:
-    """Stores, lists and pushes notifications; feeds the webhook outbox."""
+    """Stores, lists and pushes notifications; feeds the webhook outbox. A consumer."""
 
-    def __init__(
-        self,
-        hub: Hub,
-        *,
-        webhooks: WebhookDispatcher | None = None,
-        catchup: timedelta = timedelta(hours=24),
-    ) -> None:
+    name = "notifications"
+
+    def __init__(self, hub: Hub, *, webhooks: WebhookDispatcher | None = None) -> None:
         self.hub = hub
         self.store: Store = hub.store
         self.webhooks = webhooks
-        self.catchup = catchup
-        # Bounded: a burst beyond it is not dropped but rebuilt from the event log (the
-        # events are durable), by a catch-up from the first event that did not fit.
-        self._queue: asyncio.Queue[tuple[Event, list[JSON]]] = asyncio.Queue(MAX_QUEUE)
-        self._overflow_since: datetime | None = None
-        self.overflows = 0
-        self._task: asyncio.Task[None] | None = None
+        #: The kinds whose events produce notifications: the consumer reads only those.
+        self.kinds: frozenset[str] | None = frozenset(
+            n for n, k in hub.kinds.items() if _has_notifications(k)
+        )
+        #: Waits until the consumers have read the log to its end (set by the runtime), so a
+        #: listing right after a change includes what the change notified.
+        self.settle: Callable[[], Awaitable[None]] | None = None
         self.stored = 0
 
     @classmethod
-    def with_webhooks(
-        cls, hub: Hub, config: WebhookConfig, *, catchup: timedelta = timedelta(hours=24)
-    ) -> Notifier:
+    def with_webhooks(cls, hub: Hub, config: WebhookConfig) -> Notifier:
         """A notifier feeding a webhook dispatcher (``notifier.webhooks``) on the same store."""
-        notifier = cls(hub, catchup=catchup)
-        notifier.webhooks = WebhookDispatcher(hub.store, config, clock=hub.clock)
-        return notifier
+        return cls(hub, webhooks=WebhookDispatcher(hub.store, config, clock=hub.clock))
 
     @property
     def engine(self) -> Any:
         """The store's SQLAlchemy engine, if it has one (diagnostics and tests)."""
         return getattr(self.store, "engine", None)
 
-    def install(self) -> None:
-        self.hub.add_listener(self._on_event)
+    async def drain(self) -> None:
+        """Wait (bounded) until the events committed so far have their notifications."""
+        if self.settle is not None:
+            await self.settle()
 
-    # -- producing --------------------------------------------------------------------
+    # -- the consumer -----------------------------------------------------------------
 
-    def _on_event(self, event: Event, change: Change | None) -> None:
-        kind = self.hub.kinds.get(event.kind)
-        if kind is None:
-            return
-        notes = kind.notifications(event, change.before if change is not None else None)
-        if notes:
-            try:
-                self._queue.put_nowait((event, notes))
-            except asyncio.QueueFull:
-                self.overflows += 1
-                if self._overflow_since is None or event.at < self._overflow_since:
-                    self._overflow_since = event.at
+    async def begin(self) -> None:
+        return None  # durable: the runner reads the stored position
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sessionhub-notifications")
+    async def handle(self, events: Sequence[Event], start: int | None, position: int) -> bool:
+        rows, deliveries = self._derive(events)
+        ids = await self.store.commit_consumer(
+            self.name, expected=start, position=position, notifications=rows, deliveries=deliveries
+        )
+        if ids is None:
+            return False  # another node stored this batch first
+        await self._push(rows, set(ids), bool(deliveries))
+        return True
 
-    async def close(self) -> None:
-        await self.drain(limit=5.0)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def end(self) -> None:
+        return None
 
-    async def drain(self, limit: float = 5.0) -> None:
-        """Wait (bounded) until every queued event's notifications are stored."""
-        if self._task is None or self._task.done():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), limit)
-
-    async def _run(self) -> None:
-        try:
-            await self.catch_up()
-        except Exception:
-            log.exception("notification catch-up failed")
-        while True:
-            event, notes = await self._queue.get()
-            try:
-                for attempt in range(3):
-                    try:
-                        await self.store_and_push(event, notes)
-                        break
-                    except Exception:
-                        # Kept for the next start's catch-up if this keeps failing.
-                        log.exception("storing notifications of %s failed", event.id)
-                        await asyncio.sleep(0.1 * (attempt + 1))
-            finally:
-                self._queue.task_done()
-            if self._overflow_since is not None and self._queue.empty():
-                since, self._overflow_since = self._overflow_since, None
-                try:
-                    await self.catch_up(since=since)
-                except Exception:
-                    log.exception("notification catch-up after an overflow failed")
-                    self._overflow_since = since
-
-    async def store_and_push(self, event: Event, notes: Sequence[JSON]) -> int:
-        """Store the notifications of one event (idempotent) and push the new ones."""
+    def _derive(self, events: Sequence[Event]) -> tuple[list[NotificationRow], list[DeliveryRow]]:
         now = self.hub.clock()
         rows: list[NotificationRow] = []
         deliveries: list[DeliveryRow] = []
-        for i, note in enumerate(notes):
-            recipients = [event.owner]
-            if note.get(NOTIFY_ADMINS):
-                recipients.append(ADMINS)
-            for user in recipients:
-                rows.append(
-                    NotificationRow(
-                        id=notification_id(event.id, i, user),
-                        user_id=user,
-                        event=note["event"],
-                        session_id=event.session_id,
-                        data=note["data"],
-                        created_at=event.at,
+        for event in events:
+            kind = self.hub.kinds.get(event.kind)
+            notes = kind.notifications(event, None) if kind is not None else []
+            for i, note in enumerate(notes):
+                recipients = [event.owner]
+                if note.get(NOTIFY_ADMINS):
+                    recipients.append(ADMINS)
+                for user in recipients:
+                    rows.append(
+                        NotificationRow(
+                            id=notification_id(event.id, i, user),
+                            user_id=user,
+                            event=note["event"],
+                            session_id=event.session_id,
+                            data=note["data"],
+                            created_at=event.at,
+                        )
                     )
-                )
-            if self.webhooks is not None and self.webhooks.enabled:
-                primary = notification_id(event.id, i, event.owner)
-                deliveries += self.webhooks.rows_for(primary, note, now)
-        # One transaction for the notifications and their deliveries, insert-if-absent.
-        added = await self.store.insert_notifications(rows, deliveries)
-        new = set(added.notifications)
+                if self.webhooks is not None and self.webhooks.enabled:
+                    primary = notification_id(event.id, i, event.owner)
+                    deliveries += self.webhooks.rows_for(primary, note, now)
+        return rows, deliveries
+
+    async def _push(self, rows: Sequence[NotificationRow], new: set[str], wake: bool) -> int:
         fresh = [row for row in rows if row.id in new]
         for row in fresh:
             pushed = {"id": row.id, "event": row.event, "data": row.data}
-            await self.hub.broker.publish([user_topic(row.user_id)], orjson.dumps(pushed))
+            try:
+                await self.hub.broker.publish([user_topic(row.user_id)], orjson.dumps(pushed))
+            except Exception:
+                # Stored already: listed and sent out by webhooks; only the live push is lost.
+                log.exception("pushing notification %s failed", row.id)
         self.stored += len(fresh)
-        if added.deliveries and self.webhooks is not None:
+        if wake and self.webhooks is not None:
             self.webhooks.wake()
         return len(fresh)
 
-    async def catch_up(self, *, since: datetime | None = None) -> int:
-        """Store notifications of recent events that have none: after a crash (from the
-        newest stored notification, at most ``catchup`` back) or, with ``since``, after the
-        in-memory queue overflowed (from the first event that did not fit)."""
-        kinds = {n: k for n, k in self.hub.kinds.items() if _has_notifications(k)}
-        if not kinds:
+    async def store_and_push(self, event: Event, notes: Sequence[JSON]) -> int:
+        """Store the notifications of one event (idempotent) and push the new ones, outside
+        the consumer's position (the rebuild path)."""
+        rows, deliveries = self._derive([event])
+        added = await self.store.insert_notifications(rows, deliveries)
+        return await self._push(rows, set(added.notifications), bool(added.deliveries))
+
+    async def catch_up(self, *, after_seq: int = 0) -> int:
+        """Re-derive the notifications of every event after ``after_seq`` and store the
+        missing ones (an operator's rebuild, e.g. after restoring the notifications table
+        from an older backup); returns how many were missing. Idempotent."""
+        if not self.kinds:
             return 0
-        if since is not None:
-            cutoff = since
-        else:
-            cutoff = self.hub.clock() - self.catchup
-            newest = await self.store.newest_notification_at()
-            if newest is not None:
-                cutoff = max(cutoff, newest - CATCHUP_MARGIN)
-        last_seq = 0
         added = 0
-        for _ in range(10_000):  # bounded: 5,000,000 events
-            batch = await self.store.events_since(
-                kinds=list(kinds), at_or_after=cutoff, after_seq=last_seq, limit=500
-            )
+        last = after_seq
+        for _ in range(100_000):  # bounded: 50,000,000 events
+            batch = await self.store.events_after(last, limit=500, kinds=sorted(self.kinds))
             if not batch:
                 break
             for ev in batch:
-                notes = kinds[ev.kind].notifications(ev, None)
-                if notes:
-                    added += await self.store_and_push(ev, notes)
-            last_seq = batch[-1].seq or last_seq
+                added += await self.store_and_push(ev, [])
+            last = batch[-1].seq or last
         if added:
             log.info("catch-up stored %d missing notifications", added)
         return added

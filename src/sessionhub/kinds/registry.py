@@ -8,6 +8,7 @@ from datetime import timedelta
 from ..core.errors import InvalidInput
 from ..core.kind import TIMEOUTS, Kind
 from .generic import Generic
+from .imaging import Imaging
 from .remote_access import RemoteAccess
 from .screen_share import ScreenShare
 from .workspace import Workspace
@@ -17,6 +18,7 @@ BUILTIN: tuple[type[Kind], ...] = (
     Workspace,
     RemoteAccess,
     ScreenShare,
+    Imaging,
 )
 
 

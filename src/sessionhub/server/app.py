@@ -11,7 +11,7 @@ from .. import __version__
 from ..core.model import Event
 from ..settings import Settings
 from . import notifications, problems, realtime, rest, sse, system
-from .compat import grace, jambot
+from .compat import grace, jambot, nina
 from .observe import Metrics, ObserveMiddleware
 from .runtime import Runtime, build_runtime
 
@@ -22,6 +22,7 @@ ROUTERS: list[APIRouter] = [
     grace.router,
     notifications.router,
     jambot.router,
+    nina.router,
     sse.router,
     rest.router,
 ]
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.runtime = runtime
     app.state.metrics = metrics
     problems.install(app)
+    # Swagger UI and ReDoc from installed assets (not a CDN); Bearer and API-key schemes.
+    system.install(app, runtime)
     for router in ROUTERS:
         app.include_router(router)
     # Every realtime route also through the ASGI app (any ASGI server, the test client);
@@ -60,5 +63,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     runtime.hub.add_listener(count_event)
     metrics.watch_realtime(runtime.realtime.stats)
+    if runtime.nina is not None:
+        metrics.watch_table(runtime.nina.metrics, "rig")
     app.add_middleware(ObserveMiddleware, metrics=metrics, max_body=runtime.settings.max_body_bytes)
     return app

@@ -54,10 +54,29 @@ class Metrics:
             "sessionhub_sessions", "Stored sessions", ["kind", "state"], registry=self.registry
         )
 
+    def watch_table(self, read: Callable[[], Mapping[str, Mapping[str, Any]]], label: str) -> None:
+        """Export ``read()``'s numbers at each scrape: ``{name: {"type": "gauge"|"counter",
+        "help", "values": {<label value>: number}}}`` (the NINA connector's, per rig)."""
+        self.registry.register(_TableCollector(read, label))
+
     def watch_realtime(self, stats: Callable[[], Mapping[str, Any] | None]) -> None:
         """Export the realtime service's counters, read from ``stats()`` at each scrape
         (None: no realtime service, nothing exported)."""
         self.registry.register(_RealtimeCollector(stats))
+
+
+class _TableCollector(Collector):
+    def __init__(self, read: Callable[[], Mapping[str, Mapping[str, Any]]], label: str) -> None:
+        self.read = read
+        self.label = label
+
+    def collect(self) -> Iterator[Metric]:
+        for name, spec in self.read().items():
+            family = CounterMetricFamily if spec.get("type") == "counter" else GaugeMetricFamily
+            metric = family(name, str(spec.get("help", name)), labels=[self.label])
+            for key, value in dict(spec.get("values", {})).items():
+                metric.add_metric([str(key)], float(value))
+            yield metric
 
 
 class _RealtimeCollector(Collector):

@@ -14,6 +14,7 @@ from ..core.model import JSON, Session, iso
 from ..core.query import SessionQuery
 from ..core.streams import StreamPosition
 from ..core.topics import ALL as ALL_TOPIC
+from ..hub import Hub
 from .deps import HubDep, PrincipalDep
 
 router = APIRouter(prefix="/api", tags=["sessions"])
@@ -58,6 +59,28 @@ def _csv(values: list[str] | None) -> tuple[str, ...]:
     for v in values or []:
         out += [x.strip() for x in v.split(",") if x.strip()]
     return tuple(out)
+
+
+def _states(hub: Hub, kinds: tuple[str, ...], values: list[str] | None) -> tuple[str, ...]:
+    """The ``state`` filter, each a state of the named kinds (all kinds when none is named or
+    known): a misspelt state would otherwise match nothing and look like an empty list."""
+    states = _csv(values)
+    if not states:
+        return states
+    named = [hub.kinds.get_kind(k) for k in kinds if k in hub.kinds]
+    valid = list(dict.fromkeys(s for k in named or hub.kinds.values() for s in k.lifecycle.states))
+    unknown = [s for s in states if s not in valid]
+    if unknown:
+        scope = f" of kind {', '.join(k.name for k in named)}" if named else ""
+        message = (
+            f"unknown state {', '.join(repr(s) for s in unknown)}: the states{scope} are "
+            + ", ".join(valid)
+        )
+        raise InvalidInput(message, errors=[{"field": "state", "message": message}])
+    return states
+
+
+_TEXT_HELP = "Case-insensitive text that the session's id, owner or attributes contain"
 
 
 def _if_match(value: str | None) -> int | None:
@@ -113,6 +136,7 @@ async def list_sessions(
         list[str] | None, Query(description="State(s), comma-separated or repeated")
     ] = None,
     owner: Annotated[str | None, Query(max_length=200)] = None,
+    text: Annotated[str | None, Query(max_length=200, description=_TEXT_HELP)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JSON:
@@ -123,6 +147,7 @@ async def list_sessions(
     is missed (a publication whose ``version`` is not newer than the snapshot's is a repeat).
     """
     kinds = _csv(kind)
+    states = _states(hub, kinds, state)
     if principal.is_admin and owner is None:
         topic = f"sessions:{kinds[0]}" if len(kinds) == 1 else ALL_TOPIC
     elif principal.is_admin:
@@ -133,7 +158,9 @@ async def list_sessions(
     position = await hub.broker.position(topic)
     page = await hub.list_sessions(
         principal,
-        SessionQuery(kinds=kinds, states=_csv(state), owner=owner, limit=limit, cursor=cursor),
+        SessionQuery(
+            kinds=kinds, states=states, owner=owner, text=text or None, limit=limit, cursor=cursor
+        ),
     )
     return {
         "items": [hub.view(s) for s in page.items],
@@ -149,10 +176,11 @@ async def count_sessions(
     kind: Annotated[list[str] | None, Query()] = None,
     state: Annotated[list[str] | None, Query()] = None,
     owner: Annotated[str | None, Query(max_length=200)] = None,
+    text: Annotated[str | None, Query(max_length=200, description=_TEXT_HELP)] = None,
 ) -> JSON:
     """``count`` matches the filters; ``active_sessions`` counts those not yet ended."""
     kinds = _csv(kind)
-    q = SessionQuery(kinds=kinds, states=_csv(state), owner=owner)
+    q = SessionQuery(kinds=kinds, states=_states(hub, kinds, state), owner=owner, text=text or None)
     total = await hub.count(principal, q)
     active = 0
     for name in kinds or tuple(hub.kinds):
@@ -164,7 +192,7 @@ async def count_sessions(
         )
         if live:
             active += await hub.count(
-                principal, SessionQuery(kinds=(name,), states=live, owner=owner)
+                principal, SessionQuery(kinds=(name,), states=live, owner=owner, text=q.text)
             )
     return {"count": total, "active_sessions": active}
 

@@ -12,10 +12,11 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from ..auth import Authenticator, load_or_create_secret, parse_api_keys
+from ..connectors.nina.service import NinaService
 from ..consumers.base import Consumers
 from ..consumers.counts import SessionCounts
 from ..consumers.notifications import Notifier
@@ -32,6 +33,8 @@ from .realtime.frames import Frames
 from .realtime.kato import PATH as KATO_PATH
 from .realtime.kato import KatoConfig, KatoService
 from .realtime.node import RealtimeNode
+from .realtime.unified import PATH as UNIFIED_PATH
+from .realtime.unified import Unified
 
 log = logging.getLogger("sessionhub")
 
@@ -56,6 +59,9 @@ class Runtime:
     #: KATO's ``/ws`` (None when ``SESSIONHUB_KATO_ENABLED=0``) and its live counts.
     kato: KatoService | None = None
     counts: SessionCounts | None = None
+    #: The NINA connector and its ``/ws/unified`` (None without ``SESSIONHUB_NINA_URL``).
+    nina: NinaService | None = None
+    unified: Unified | None = None
     secret_created: bool = False
     #: Async steps run at start / close, in order (close in reverse), after the built-in ones.
     on_start: list[Step] = field(default_factory=list)
@@ -67,9 +73,11 @@ class Runtime:
         if self.kato is not None:
             await self.kato.start()
         await self.relay.start()
-        # Webhooks start first and stop last, so the notifier can still wake them.
+        if self.nina is not None:
+            await self.nina.start()
+        # Webhooks start before the consumers and stop after them, so the notifier can
+        # still wake them.
         await self.webhooks.start()
-        await self.notifier.start()
         for fn in self.on_start:
             await fn()
         await self.consumers.start()
@@ -78,7 +86,11 @@ class Runtime:
     async def close(self) -> None:
         steps: list[Step] = [self.scheduler.stop, self.consumers.close]
         steps += list(reversed(self.on_close))
-        steps += [self.workspaces.close, self.notifier.close, self.webhooks.close]
+        steps += [self.webhooks.close]
+        if self.nina is not None:
+            steps.append(self.nina.close)
+        if self.unified is not None:
+            steps.append(self.unified.close)
         steps += [self.relay.close]
         if self.kato is not None:
             steps.append(self.kato.close)
@@ -161,17 +173,20 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
         kato = KatoService(node, kato_config, counts)
         node.route(KATO_PATH, kato.open, wire="kato")
 
+    nina = NinaService.from_env(hub, os.environ, settings.extra)
+    unified: Unified | None = None
+    if nina is not None:
+        unified = Unified(node, nina)
+        node.route(UNIFIED_PATH, unified.open, wire="unified")
+
     webhook_config = WebhookConfig.load(extra=settings.extra, data_dir=settings.data_dir)
-    hours = float(
-        _extra(settings, "notification_catchup_hours", None)
-        or os.environ.get("SESSIONHUB_NOTIFICATION_CATCHUP_HOURS")
-        or 24
-    )
-    notifier = Notifier.with_webhooks(hub, webhook_config, catchup=timedelta(hours=hours))
+    notifier = Notifier.with_webhooks(hub, webhook_config)
     assert notifier.webhooks is not None
-    notifier.install()
+    notifier.settle = consumers.drain
+    consumers.add(notifier)
     workspaces = WorkspaceService(hub)
-    workspaces.install()
+    workspaces.settle = consumers.drain
+    consumers.add(workspaces.rule)
     return Runtime(
         settings=settings,
         hub=hub,
@@ -186,5 +201,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
         workspaces=workspaces,
         kato=kato,
         counts=counts,
+        nina=nina,
+        unified=unified,
         secret_created=created,
     )

@@ -23,6 +23,9 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "ws_ping_interval": None,
         "timeout_keep_alive": max(1, round(settings.http_keep_alive)),
         "lifespan": "on",
+        # Open streams (SSE, sockets) must not hold a Ctrl-C up: after this long uvicorn
+        # stops waiting for them; clients resume from their last position.
+        "timeout_graceful_shutdown": 3,
         # /connection/websocket on sessionhub's fast WebSocket engine; other paths unchanged.
         "ws": uvicorn_ws_protocol(app),
     }

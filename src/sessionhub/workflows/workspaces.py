@@ -4,9 +4,9 @@ The lifecycle is the ``workspace`` kind's; this module adds what spans several s
 lives beside them:
 
 * **one active workspace per user** - creating one completes the user's other active ones.
-  Creates of one user are serialised by a per-user lock, and a hub listener applies the
-  same rule to workspaces created through the generic API, so the rule holds whichever
-  route created the session.
+  Creates of one user are serialised by a per-user lock, and the same rule, as a consumer of
+  the event log (``consumers/workspaces.py``), applies to workspaces created through the
+  generic API or on another node, so the rule holds whichever route created the session.
 * **recovery** - the user's active workspace with its chat and metadata, touching activity.
 * **chat** - messages kept by the store (``Store.append_message``), content and metadata
   sealed at rest (encrypted when a key is configured), read in pages; deleting a workspace
@@ -17,19 +17,16 @@ lives beside them:
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
-import re
 import uuid
-import weakref
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..core.errors import IllegalTransition, InvalidInput, NotFound, SessionHubError
-from ..core.model import CREATED, JSON, Event, Session, iso
-from ..core.principal import SYSTEM_PRINCIPAL, Principal
+from ..consumers.workspaces import WorkspaceRule
+from ..core.errors import IllegalTransition, InvalidInput, NotFound
+from ..core.model import JSON, Session, iso
+from ..core.principal import Principal
 from ..core.query import Due, SessionQuery
 from ..hub import Hub
 from ..kinds.workspace import (
@@ -48,9 +45,6 @@ KIND = "workspace"
 #: Message roles of JamBot's ``MessageRole``.
 ROLES = ("user", "assistant", "system", "tool", "status")
 MAX_MESSAGE_CHARS = 200_000
-_NAME = re.compile(r"^Session (\d+)$")
-#: Set while the service itself creates a workspace, so the hub listener leaves it alone.
-_creating: contextvars.ContextVar[bool] = contextvars.ContextVar("ws_creating", default=False)
 # PUT status -> lifecycle action.
 _STATUS_ACTIONS = {COMPLETED: "complete", ABANDONED: "abandon", ARCHIVED: "archive"}
 
@@ -113,113 +107,25 @@ class ChatStore:
 class WorkspaceService:
     """The workspace operations of seed 002 over the hub. One per runtime."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, rule: WorkspaceRule | None = None) -> None:
         self.hub = hub
         self.chat = ChatStore(hub.store)
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._unsubscribe: Any = None
-
-    # -- wiring --------------------------------------------------------------------------
-
-    def install(self) -> None:
-        """Listen to the hub: the one-active rule for workspaces created by other routes.
-        (A deleted workspace's chat goes with it in the store's delete.)"""
-        self._unsubscribe = self.hub.add_listener(self._on_event)
+        #: The one-active rule; also a consumer of the event log for workspaces created by
+        #: other routes (the runtime runs it with the other consumers).
+        self.rule = rule or WorkspaceRule(hub)
+        #: Waits until the consumers have read the log to its end (set by the runtime).
+        self.settle: Callable[[], Awaitable[None]] | None = None
 
     async def close(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
         await self.drain()
 
     async def drain(self) -> None:
-        """Wait for the listener's pending work (tests, and an orderly shutdown)."""
-        for _ in range(100):
-            if not self._tasks:
-                return
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _on_event(self, event: Event, change: object) -> None:
-        if event.kind != KIND:
-            return
-        if event.type == CREATED and change is not None and not _creating.get():
-            self._spawn(self._adopt(event.session_id, event.owner))
-
-    async def _adopt(self, session_id: str, owner: str) -> None:
-        try:
-            async with self._lock(owner):
-                s = await self.hub.store.get(session_id)
-                if s is None:
-                    return
-                if not s.attributes.get("name"):
-                    await self.hub.update(
-                        SYSTEM_PRINCIPAL,
-                        session_id,
-                        attributes={"name": await self._next_name(owner)},
-                    )
-                await self._enforce_one_active(owner, keep=session_id)
-        except Exception:
-            log.exception("adopting workspace %s failed", session_id)
-
-    def _lock(self, owner: str) -> asyncio.Lock:
-        lock = self._locks.get(owner)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[owner] = lock
-        return lock
+        """Wait until workspaces created by other routes have been adopted (tests, and an
+        orderly shutdown)."""
+        if self.settle is not None:
+            await self.settle()
 
     # -- create and the one-active rule --------------------------------------------------
-
-    async def _next_name(self, owner: str) -> str:
-        """``Session N`` with N one more than the highest N among the user's workspaces."""
-        highest = 0
-        cursor: str | None = None
-        for _ in range(1000):  # bounded: 500k workspaces per user is far beyond real use
-            page = await self.hub.store.find(
-                SessionQuery(kinds=(KIND,), owner=owner, limit=500, cursor=cursor)
-            )
-            for s in page.items:
-                m = _NAME.match(str(s.attributes.get("name") or ""))
-                if m:
-                    highest = max(highest, int(m.group(1)))
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        return f"Session {highest + 1}"
-
-    async def _active_of(self, owner: str) -> list[Session]:
-        page = await self.hub.store.find(
-            SessionQuery(kinds=(KIND,), states=(ACTIVE,), owner=owner, limit=500)
-        )
-        return page.items
-
-    async def _enforce_one_active(self, owner: str, *, keep: str) -> list[str]:
-        """Complete every active workspace of ``owner`` except ``keep`` (if it is active)."""
-        actives = await self._active_of(owner)
-        if keep not in {s.id for s in actives}:
-            return []  # ``keep`` was itself superseded meanwhile: the newer one rules
-        done: list[str] = []
-        for s in actives:
-            if s.id == keep:
-                continue
-            try:
-                await self.hub.act(
-                    SYSTEM_PRINCIPAL,
-                    s.id,
-                    "complete",
-                    detail=f"superseded by {keep}",
-                    expected_version=s.version,
-                )
-                done.append(s.id)
-            except SessionHubError as exc:
-                log.debug("could not complete %s: %s", s.id, exc.detail)
-        return done
 
     async def create(
         self,
@@ -232,21 +138,17 @@ class WorkspaceService:
         """A new active workspace (named ``Session N`` if no name is given); the user's
         other active workspaces are completed."""
         owner = owner or principal.sub
-        async with self._lock(owner):
+        async with self.rule.lock(owner):
             if not name:
-                name = await self._next_name(owner)
-            token = _creating.set(True)
-            try:
-                session, _ = await self.hub.create(
-                    principal,
-                    KIND,
-                    owner=owner,
-                    attributes={"name": name},
-                    metadata=session_metadata or {},
-                )
-            finally:
-                _creating.reset(token)
-            await self._enforce_one_active(owner, keep=session.id)
+                name = await self.rule.next_name(owner)
+            session, _ = await self.hub.create(
+                principal,
+                KIND,
+                owner=owner,
+                attributes={"name": name},
+                metadata=session_metadata or {},
+            )
+            await self.rule.enforce_one_active(owner, keep=session.id)
         return session
 
     # -- reads ---------------------------------------------------------------------------
@@ -282,7 +184,7 @@ class WorkspaceService:
     ) -> tuple[Session, list[JSON], int] | None:
         """The caller's active workspace with the newest activity, touched, with its newest
         ``message_limit`` chat messages and the total count; None if there is none."""
-        actives = await self._active_of(principal.sub)
+        actives = await self.rule.active_of(principal.sub)
         if not actives:
             return None
         s = max(actives, key=lambda x: (self._activity(x), x.created_at, x.id))
