@@ -77,6 +77,25 @@ async def test_idempotency_key_replays_the_first_answer_without_a_second_event(
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
 
 
+async def test_an_idempotency_key_reused_for_another_request_is_422(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    """The IETF idempotency-key draft: the same key with a different body names another
+    request; answering the first one's session would hide the mistake."""
+    h = {**auth("alice"), "Idempotency-Key": "req-2"}
+    body = {"kind": "generic", "attributes": {"label": "a"}, "metadata": {"x": 1, "y": 2}}
+    first = await client.post("/api/sessions", json=body, headers=h)
+    assert first.status_code == 201
+    reordered = {"metadata": {"y": 2, "x": 1}, "attributes": {"label": "a"}, "kind": "generic"}
+    same = await client.post("/api/sessions", json=reordered, headers=h)  # key order is free
+    assert same.status_code == 200 and same.json()["id"] == first.json()["id"]
+    other = {**body, "metadata": {"x": 2}}
+    r = await client.post("/api/sessions", json=other, headers=h)
+    assert_problem(r, 422, "another request")
+    r = await client.get("/api/sessions/count", headers=auth("alice"))
+    assert r.json()["count"] == 1
+
+
 async def test_an_overlong_idempotency_key_is_422(client: httpx.AsyncClient, auth: Auth) -> None:
     r = await client.post(
         "/api/sessions", json={}, headers={**auth("alice"), "Idempotency-Key": "k" * 201}

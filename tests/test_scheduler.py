@@ -256,3 +256,26 @@ async def test_the_heartbeat_cache_keeps_live_sessions_only_and_is_bounded(
 
     with pytest.raises(IllegalTransition):
         await hub.heartbeat(ALICE, made[-1])
+
+
+async def test_after_a_restart_a_session_gets_a_whole_timeout_to_be_heard_again(
+    hub: Hub, clock: FakeClock
+) -> None:
+    """Heartbeats are coalesced in memory, so a crash can lose the last ones: the restarted
+    node must not drop a session its client is still keeping alive, only one that stayed
+    silent for a whole timeout after the start."""
+    quiet, lively = (await hub.create(ALICE, "generic"))[0], (await hub.create(ALICE, "generic"))[0]
+    timeout = hub.kinds.get_kind("generic").heartbeat_timeout
+    assert timeout is not None
+    clock.advance(timeout.total_seconds() + 60)  # both look silent: the crash lost their beats
+    restarted = Scheduler(hub, interval=3600)
+    restarted.start()  # the node comes back now
+    try:
+        assert (await restarted.sweep()).dropped == []  # not heard of yet is not silent
+        clock.advance(timeout.total_seconds() / 2)
+        await hub.heartbeat(ALICE, lively.id)  # its client is still there
+        clock.advance(timeout.total_seconds() / 2 + 1)
+        report = await restarted.sweep()
+        assert report.dropped == [quiet.id]  # silent for a whole timeout since the start
+    finally:
+        await restarted.stop()

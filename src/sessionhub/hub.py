@@ -269,6 +269,44 @@ class Hub:
         s = await self._load(principal, session_id)
         return await self.commit(self._make(s, expected_version, make))
 
+    #: Fresh reads a merge (a change without ``If-Match``) tries before it gives up.
+    MERGE_ATTEMPTS = 8
+
+    async def _merge(
+        self, principal: Principal, session_id: str, make: Callable[[Session], Change]
+    ) -> Session:
+        """Apply ``make`` onto the session as it is now: a change without ``If-Match``.
+
+        Serialised per session on this node (no two requests here race each other), and a
+        change that another node committed in between makes it apply again on a fresh read,
+        so a client that never named a version never gets a conflict for one."""
+        async with self._lock(session_id):
+            for attempt in range(self.MERGE_ATTEMPTS):
+                s = self._written.get(session_id) if attempt == 0 else None
+                if s is None or not principal.may_read(s.owner):
+                    s = await self._load(principal, session_id)
+                    fresh = True
+                else:
+                    fresh = False
+                try:
+                    change = self._make(s, None, make)
+                    stored = await self.store.save(change)
+                except VersionConflict:
+                    self._written.pop(session_id, None)
+                    continue  # changed by another node since that read: apply it again
+                except (IllegalTransition, InvalidInput, Forbidden):
+                    if fresh:
+                        raise
+                    self._written.pop(session_id, None)
+                    continue  # decided on a stale copy: decide again on a fresh read
+                self._remember(change.session)
+                self._wrote(change.session)
+                await self._publish(stored, change)
+                return change.session
+        raise VersionConflict(
+            f"session {session_id[:100]!r} kept changing under this request; retry it"
+        )
+
     @staticmethod
     def _make(
         s: Session, expected_version: int | None, make: Callable[[Session], Change]
@@ -393,8 +431,10 @@ class Hub:
     ) -> Session:
         """Change attributes/metadata/counters; ``expected_version`` (If-Match) -> 412 on mismatch.
 
-        ``internal`` is for the kind's own services (features/): it may write reserved
-        metadata keys, which the generic API may not."""
+        Without ``expected_version`` the change is a merge onto the current version, applied
+        on a fresh read if another node changed the session meanwhile (never a 409 for a
+        version the caller did not name). ``internal`` is for the kind's own services: it may
+        write reserved metadata keys, which the generic API may not."""
 
         def make(s: Session) -> Change:
             return engine.update(
@@ -410,6 +450,8 @@ class Hub:
                 allow_reserved=internal,
             )
 
+        if expected_version is None:
+            return await self._merge(principal, session_id, make)
         return await self._change(principal, session_id, expected_version, make)
 
     async def delete(self, session: Session) -> None:

@@ -3,6 +3,11 @@
 Each sweep first flushes the hub's coalesced heartbeats, so a session is never dropped for
 a heartbeat that arrived but was not yet written. The flush interval is kept well inside the
 shortest timeout of any kind. Time comes from the hub's clock, so tests inject it.
+
+After a start (a restart after a crash, whose last heartbeats were in memory only), a session
+is dropped or abandoned for inactivity only once the node has been up for that timeout: its
+client gets a whole timeout to be heard again, so a crash never makes a live session look
+dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .core.kind import Kind
 from .core.query import Due
@@ -52,9 +57,17 @@ class Scheduler:
         self.interval = interval if interval is not None else default
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        #: When this node started sweeping (None: sweeps are driven by hand, no grace).
+        self.started_at: datetime | None = None
 
     def start(self) -> None:
+        self.started_at = self.hub.clock()
         self._task = asyncio.create_task(self._run(), name="sessionhub-scheduler")
+
+    def _heard_long_enough(self, timeout: timedelta, now: datetime) -> bool:
+        """Whether this node has been up for ``timeout``: before that, activity it has not
+        heard of may have been lost with the previous process."""
+        return self.started_at is None or now - self.started_at >= timeout
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -97,7 +110,9 @@ class Scheduler:
 
     async def _sweep_kind(self, kind: Kind, now: datetime, report: SweepReport) -> None:
         lc = kind.lifecycle
-        if kind.heartbeat_timeout is not None:
+        if kind.heartbeat_timeout is not None and self._heard_long_enough(
+            kind.heartbeat_timeout, now
+        ):
             report.dropped += await self._apply_due(
                 kind,
                 self.alive_states(kind),
@@ -106,7 +121,7 @@ class Scheduler:
                 kind.heartbeat_action,
                 "heartbeat_timeout",
             )
-        if kind.idle_timeout is not None:
+        if kind.idle_timeout is not None and self._heard_long_enough(kind.idle_timeout, now):
             states = frozenset(t for t in lc.states if t not in lc.ended)
             report.idled += await self._apply_due(
                 kind,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -113,7 +115,8 @@ async def create_session(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
     """Create a session of ``kind``. With an ``Idempotency-Key`` header, repeating the request
-    returns the session created the first time (200 instead of 201) and creates nothing."""
+    returns the session created the first time (200 instead of 201) and creates nothing; the
+    same key with a different body is a 422 (the key names another request)."""
     session, created = await hub.create(
         principal,
         body.kind,
@@ -121,8 +124,15 @@ async def create_session(
         attributes=body.attributes,
         metadata=body.metadata,
         idempotency_key=idempotency_key,
+        fingerprint=_fingerprint(body) if idempotency_key else None,
     )
     return session_response(hub, session, 201 if created else 200)
+
+
+def _fingerprint(body: CreateSession) -> str:
+    """A digest of what the request asks for (key order does not matter)."""
+    canonical = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 @router.get("/sessions", summary="List sessions")
