@@ -45,6 +45,9 @@ ALLOWED: dict[str, set[str]] = {
 }
 TOP_LEVEL = {
     "hub": "hub",
+    "leadership": "hub",
+    "outbox": "hub",
+    "backends": "hub",
     "scheduler": "scheduler",
     "auth": "auth",
     "settings": "settings",

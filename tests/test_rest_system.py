@@ -207,8 +207,13 @@ async def test_rest_happy_path_on_postgresql(
             )
             assert r.status_code == 201
             sid = r.json()["id"]
-            r = await c.post("/api/sessions", json={}, headers={**h, "Idempotency-Key": "k"})
+            r = await c.post(
+                "/api/sessions", json={"metadata": {"a": 1}}, headers={**h, "Idempotency-Key": "k"}
+            )
             assert r.status_code == 200 and r.json()["id"] == sid
+            # The same key for another request is said to be so (IETF idempotency-key draft).
+            r = await c.post("/api/sessions", json={}, headers={**h, "Idempotency-Key": "k"})
+            assert r.status_code == 422
             r = await c.patch(
                 f"/api/sessions/{sid}",
                 json={"metadata": {"b": 2}},

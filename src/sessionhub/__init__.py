@@ -19,7 +19,7 @@ _EXPORTS = {
     "build_runtime": "sessionhub.server.runtime",
     "Runtime": "sessionhub.server.runtime",
     "Hub": "sessionhub.hub",
-    "open_hub": "sessionhub.hub",
+    "open_hub": "sessionhub.backends",
     "Kind": "sessionhub.core.kind",
     "Session": "sessionhub.core.model",
     "Event": "sessionhub.core.model",
@@ -43,11 +43,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .backends import open_hub
     from .core.errors import SessionHubError
     from .core.kind import Kind
     from .core.model import Event, Session
     from .core.principal import Principal
-    from .hub import Hub, open_hub
+    from .hub import Hub
     from .server.app import create_app
     from .server.runtime import Runtime, build_runtime
     from .settings import Settings

@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _check_store(settings: Settings) -> None:
     """Open the store (applying migrations) and close it again."""
-    from .hub import migrate
+    from .backends import migrate
 
     await migrate(settings)
 
@@ -111,7 +111,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
-    from .hub import rotate_keys
+    from .backends import rotate_keys
 
     settings = _settings(args)
     if not settings.encryption_key_list():

@@ -19,9 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
-from .broker import open_broker
 from .broker.base import Broker
 from .core import engine
 from .core.engine import Change
@@ -40,13 +37,10 @@ from .core.model import DELETED, JSON, Event, Session
 from .core.principal import SYSTEM_PRINCIPAL, Principal
 from .core.query import Due, Page, SessionQuery
 from .core.streams import StreamPosition
-from .core.topics import event_topics
-from .kinds.registry import Registry, default_registry
-from .presence import open_presence
+from .kinds.registry import Registry
+from .outbox import Outbox, encode
 from .presence.base import Presence
 from .presence.memory import MemoryPresence
-from .settings import Settings
-from .store import open_store
 from .store.base import Store
 
 log = logging.getLogger("sessionhub.hub")
@@ -86,10 +80,9 @@ class Hub:
         self.kinds = kinds
         self.clock = clock
         self.stats = HubStats()
-        self._mark_interval = mark_interval
+        self.outbox = Outbox(store, broker, published=self._published, mark_interval=mark_interval)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._listeners: list[EventListener] = []
-        self._to_mark: list[int] = []
         self._pending_heartbeats: dict[str, datetime] = {}
         # id -> (owner, kind, state) of sessions this node has seen, so a heartbeat costs no read.
         self._hb_cache: dict[str, tuple[str, str, str]] = {}
@@ -104,8 +97,9 @@ class Hub:
         await self.store.start()
         await self.broker.start()
         await self.presence.start()
+        # Before serving: what a crashed predecessor committed and never published goes out.
         await self.republish_outbox()
-        self._tasks.append(asyncio.create_task(self._mark_loop(), name="sessionhub-outbox-marker"))
+        await self.outbox.start_loops()
         self._started = True
 
     async def close(self) -> None:
@@ -117,7 +111,7 @@ class Hub:
         self._tasks.clear()
         if self._started:
             await self.flush_heartbeats()
-            await self._flush_marks()
+            await self.outbox.close()
         await self.presence.close()
         await self.broker.close()
         await self.store.close()
@@ -137,48 +131,25 @@ class Hub:
     @staticmethod
     def encode(event: Event) -> bytes:
         """The publication payload of an event: encoded once, shared by every subscriber."""
-        return orjson.dumps(event.to_dict())
+        return encode(event)
 
-    async def _publish(self, event: Event, change: Change | None) -> dict[str, StreamPosition]:
-        positions = await self.broker.publish(event_topics(event), self.encode(event))
+    async def _publish(self, event: Event, change: Change | None) -> None:
+        await self.outbox.publish(event, change)
+
+    def _published(self, event: Event, change: Change | None) -> None:
         self.stats.events_published += 1
-        if event.seq is not None:
-            self._to_mark.append(event.seq)
         for listener in tuple(self._listeners):
             try:
                 listener(event, change)
             except Exception:
                 log.exception("event listener failed")
-        return positions
 
     async def republish_outbox(self) -> int:
-        """Publish every committed event not yet marked published (after a crash)."""
-        total = 0
-        while True:
-            batch = await self.store.unpublished(limit=500)
-            if not batch:
-                break
-            for ev in batch:
-                await self._publish(ev, None)
-            await self._flush_marks()
-            total += len(batch)
-        if total:
-            log.info("republished %d events from the outbox", total)
+        """Publish every committed event not yet marked published (after a crash); one the
+        broker already holds is only marked."""
+        total = await self.outbox.republish()
         self.stats.republished += total
         return total
-
-    async def _flush_marks(self) -> None:
-        if self._to_mark:
-            seqs, self._to_mark = self._to_mark, []
-            await self.store.mark_published(seqs)
-
-    async def _mark_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._mark_interval)
-            try:
-                await self._flush_marks()
-            except Exception:
-                log.exception("marking events published failed; will retry")
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -605,41 +576,3 @@ class Hub:
 
 def _fields(q: SessionQuery) -> dict[str, Any]:
     return {f: getattr(q, f) for f in q.__slots__}
-
-
-# -- opening a node's backends ----------------------------------------------------------------
-
-
-def open_hub(settings: Settings, *, clock: Clock = utcnow) -> Hub:
-    """The hub for ``settings``: store, broker and presence chosen by their URLs' schemes."""
-    store = open_store(
-        settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
-    )
-    broker = open_broker(
-        settings.broker_url, history_size=settings.history_size, history_ttl=settings.history_ttl
-    )
-    kinds = default_registry(settings.timeout_overrides())
-    return Hub(store, broker, kinds, presence=open_presence(settings.broker_url), clock=clock)
-
-
-async def migrate(settings: Settings) -> None:
-    """Open the store (applying migrations) and close it again."""
-    store = open_store(
-        settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
-    )
-    try:
-        await store.start()
-    finally:
-        await store.close()
-
-
-async def rotate_keys(settings: Settings) -> int:
-    """Re-encrypt every sealed value with the newest key; returns the rows rewritten."""
-    store = open_store(
-        settings.resolved_database_url(), encryption_keys=settings.encryption_key_list()
-    )
-    try:
-        await store.start()
-        return await store.rotate_keys()
-    finally:
-        await store.close()

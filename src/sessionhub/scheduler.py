@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from .core.kind import Kind
 from .core.query import Due
 from .hub import Hub
+from .leadership import Leadership
 
 log = logging.getLogger("sessionhub.scheduler")
 
@@ -50,8 +51,13 @@ class SweepReport:
 class Scheduler:
     """Runs sweeps every ``interval`` seconds (or on demand with ``sweep``)."""
 
-    def __init__(self, hub: Hub, *, interval: float | None = None) -> None:
+    def __init__(
+        self, hub: Hub, *, interval: float | None = None, leader: Leadership | None = None
+    ) -> None:
         self.hub = hub
+        #: With several nodes, only the one holding the ``scheduler`` lease sweeps (every
+        #: node still writes its own coalesced heartbeats). None: this node always sweeps.
+        self.leader = leader
         shortest = hub.kinds.shortest_timeout()
         default = 5.0 if shortest is None else max(0.05, min(5.0, shortest.total_seconds() / 6))
         self.interval = interval if interval is not None else default
@@ -80,6 +86,11 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.interval)
             try:
+                if self.leader is not None and not self.leader.leading:
+                    await self.hub.flush_heartbeats()
+                    continue
+                # What a node that died committed and never published goes out from here.
+                await self.hub.outbox.republish_stale()
                 report = await self.sweep()
                 if report.total:
                     log.info(

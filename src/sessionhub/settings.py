@@ -36,6 +36,9 @@ class Settings:
     #: ``<data_dir>/node-id``, so a node that restarts after a crash takes its leases back
     #: at once instead of waiting for them to lapse.
     node_id: str = ""
+    #: Seconds a leadership lease lasts (sweeps, consumers, connectors): another node takes
+    #: over within about this long after the leader dies.
+    leader_lease_seconds: float = 6.0
     log_level: str = "info"
     #: Seconds between scheduler sweeps (default: a sixth of the shortest timeout, at most 5).
     sweep_interval: float = 0.0

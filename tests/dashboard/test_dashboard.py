@@ -243,7 +243,7 @@ def test_the_stream_reconnects_after_a_restart_and_shows_what_changed_meanwhile(
 
     async def change_meanwhile() -> None:
         # The server is down: change the database it will find when it comes back.
-        from sessionhub.hub import open_hub
+        from sessionhub.backends import open_hub
 
         hub = open_hub(first.settings)
         await hub.start()

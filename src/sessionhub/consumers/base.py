@@ -14,8 +14,8 @@ change committed by any node, in one order, and a crash resumes where it stopped
 The runner (:class:`Consumers`) tails the log for every consumer of this node: woken at once
 by a commit on this node (the hub's publish hook) or on another (the broker's ``sessions``
 topic, which every event is published on), and by a poll as a backstop. Only the node that
-holds the ``consumers`` lease runs them (leadership with a fencing token, so a stale leader
-knows it lost); another takes over when the lease lapses.
+holds the ``consumers`` lease runs them (``leadership.py``: a fencing token, so a stale
+leader knows it lost); another takes over when the lease lapses.
 
 On PostgreSQL, sequence numbers are handed out when a row is inserted, not when it commits,
 so ``seq`` 11 can be visible before ``seq`` 10. The runner only moves past a hole in the
@@ -36,6 +36,7 @@ from typing import Protocol
 
 from ..core.model import Event
 from ..hub import Hub
+from ..leadership import Leadership
 
 log = logging.getLogger("sessionhub.consumers")
 
@@ -103,9 +104,18 @@ class Consumers:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: list[object] = []
         self._stopping = False
-        #: The fencing token of the lease while this node leads, else None.
-        self.token: int | None = None
-        self.leading = False
+        self.leadership = Leadership(
+            hub, LEASE, self.node_id, ttl=lease_ttl, on_gain=self._begin, on_lose=self._end
+        )
+
+    @property
+    def leading(self) -> bool:
+        return self.leadership.leading
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of the lease while this node leads, else None."""
+        return self.leadership.token
 
     def add(self, consumer: Consumer) -> None:
         if self._task is not None:
@@ -125,10 +135,7 @@ class Consumers:
         self._unsubscribe.append(self.hub.broker.subscribe("sessions", lambda _p: self.wake()))
         # Take the lead (and let consumers read their starting positions) before the node
         # serves anything, so that no change made right after start-up is missed.
-        try:
-            await self._lead()
-        except Exception:
-            log.exception("consumers: could not take the lead at start; retrying")
+        await self.leadership.start()
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="sessionhub-consumers"
         )
@@ -144,7 +151,7 @@ class Consumers:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._step_down(release=True)
+        await self.leadership.close()
 
     def wake(self) -> None:
         self._idle.clear()
@@ -163,13 +170,8 @@ class Consumers:
     # -- the loop -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        renew_at = time.monotonic() + self.lease_ttl / 3
         while not self._stopping:
             try:
-                now = time.monotonic()
-                if now >= renew_at:
-                    await self._lead()
-                    renew_at = now + self.lease_ttl / 3
                 # Cleared before reading: a commit during this pass wakes the next one.
                 self._wake.clear()
                 busy = False
@@ -191,38 +193,23 @@ class Consumers:
                 self._idle.set()
                 await asyncio.sleep(min(self.poll, 1.0))
 
-    async def _lead(self) -> None:
-        token = await self.hub.lease(LEASE, self.node_id, ttl=self.lease_ttl)
-        if token is None:
-            if self.leading:
-                log.warning("consumers: lease %r lost; another node leads now", LEASE)
-            await self._step_down()
-            return
-        if not self.leading or token != self.token:
-            await self._step_down()
-            self.token = token
-            for cursor in self._cursors:
-                start = await cursor.consumer.begin()
-                if start is None:
-                    stored = await self.hub.store.consumer_position(cursor.consumer.name)
-                    cursor.stored = stored is not None
-                    start = stored or 0
-                cursor.position = start
-                cursor.holes.clear()
-            self.leading = True
-            log.info("consumers: leading (token %d): %s", token, ", ".join(self.names))
+    async def _begin(self) -> None:
+        """This node took the lead: every consumer reads where it starts."""
+        for cursor in self._cursors:
+            start = await cursor.consumer.begin()
+            if start is None:
+                stored = await self.hub.store.consumer_position(cursor.consumer.name)
+                cursor.stored = stored is not None
+                start = stored or 0
+            cursor.position = start
+            cursor.holes.clear()
+        log.info("consumers on %s: %s", self.node_id, ", ".join(self.names))
+        self.wake()
 
-    async def _step_down(self, *, release: bool = False) -> None:
-        if self.leading:
-            self.leading = False
-            self.token = None
-            for cursor in self._cursors:
-                with contextlib.suppress(Exception):
-                    await cursor.consumer.end()
-        if release:
-            # An orderly stop hands the lead over at once instead of after the lease's ttl.
+    async def _end(self) -> None:
+        for cursor in self._cursors:
             with contextlib.suppress(Exception):
-                await self.hub.release_lease(LEASE, self.node_id)
+                await cursor.consumer.end()
 
     async def _step(self, cursor: _Cursor) -> bool:
         """Read and hand over one batch; True if there may be more right away."""

@@ -57,6 +57,35 @@ class Session:
         end = self.ended_at or now
         return round(max(0.0, (end - start).total_seconds()), 3)
 
+    @classmethod
+    def from_dict(cls, d: JSON) -> Session:
+        """The inverse of :meth:`to_dict` (a snapshot as events carry it)."""
+
+        def ts(name: str) -> datetime | None:
+            value = d.get(name)
+            return parse_iso(value) if isinstance(value, str) else None
+
+        created = ts("created_at")
+        if created is None:
+            raise ValueError("a session snapshot needs created_at")
+        return cls(
+            id=str(d["id"]),
+            kind=str(d["kind"]),
+            owner=str(d["owner"]),
+            state=str(d["state"]),
+            version=int(d["version"]),
+            created_at=created,
+            updated_at=ts("updated_at") or created,
+            last_activity_at=ts("last_activity_at") or created,
+            started_at=ts("started_at"),
+            ended_at=ts("ended_at"),
+            end_reason=d.get("end_reason"),
+            end_detail=d.get("end_detail"),
+            attributes=dict(d.get("attributes") or {}),
+            metadata=dict(d.get("metadata") or {}),
+            counters=dict(d.get("counters") or {}),
+        )
+
     def to_dict(self) -> JSON:
         return {
             "id": self.id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
@@ -65,5 +66,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     metrics.watch_realtime(runtime.realtime.stats)
     if runtime.nina is not None:
         metrics.watch_table(runtime.nina.metrics, "rig")
+
+    def leaders() -> dict[str, dict[str, Any]]:
+        values = {role: int(lead.leading) for role, lead in runtime.leaders.items()}
+        text = "1 while this node leads the role (sweeps, consumers, connectors), else 0"
+        return {"sessionhub_leader": {"type": "gauge", "help": text, "values": values}}
+
+    metrics.watch_table(leaders, "role")
     app.add_middleware(ObserveMiddleware, metrics=metrics, max_body=runtime.settings.max_body_bytes)
     return app

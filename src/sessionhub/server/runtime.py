@@ -16,12 +16,14 @@ from datetime import datetime
 from typing import Any
 
 from ..auth import Authenticator, load_or_create_secret, parse_api_keys
+from ..backends import open_hub
 from ..connectors.nina.service import NinaService
 from ..consumers.base import Consumers
 from ..consumers.counts import SessionCounts
 from ..consumers.notifications import Notifier
 from ..consumers.webhooks import WebhookConfig, WebhookDispatcher
-from ..hub import Hub, open_hub, utcnow
+from ..hub import Hub, utcnow
+from ..leadership import Leadership
 from ..relay.frames import FrameRelay
 from ..scheduler import Scheduler
 from ..settings import Settings
@@ -62,6 +64,8 @@ class Runtime:
     #: The NINA connector and its ``/ws/unified`` (None without ``SESSIONHUB_NINA_URL``).
     nina: NinaService | None = None
     unified: Unified | None = None
+    #: The roles one node at a time runs, by name, with this node's lease on each.
+    leaders: dict[str, Leadership] = field(default_factory=dict)
     secret_created: bool = False
     #: Async steps run at start / close, in order (close in reverse), after the built-in ones.
     on_start: list[Step] = field(default_factory=list)
@@ -73,18 +77,20 @@ class Runtime:
         if self.kato is not None:
             await self.kato.start()
         await self.relay.start()
-        if self.nina is not None:
-            await self.nina.start()
+        if "nina" in self.leaders:
+            await self.leaders["nina"].start()
         # Webhooks start before the consumers and stop after them, so the notifier can
         # still wake them.
         await self.webhooks.start()
         for fn in self.on_start:
             await fn()
         await self.consumers.start()
+        await self.leaders["scheduler"].start()
         self.scheduler.start()
 
     async def close(self) -> None:
         steps: list[Step] = [self.scheduler.stop, self.consumers.close]
+        steps += [lead.close for role, lead in self.leaders.items() if role != "consumers"]
         steps += list(reversed(self.on_close))
         steps += [self.webhooks.close]
         if self.nina is not None:
@@ -119,7 +125,10 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
         secret=secret or None, public_key=public_key, api_keys=parse_api_keys(settings.api_keys)
     )
     hub = open_hub(settings, clock=clock)
-    scheduler = Scheduler(hub, interval=settings.sweep_interval or None)
+    node_id = settings.resolved_node_id()
+    lease = settings.leader_lease_seconds
+    sweeps = Leadership(hub, "scheduler", node_id, ttl=lease)
+    scheduler = Scheduler(hub, interval=settings.sweep_interval or None, leader=sweeps)
 
     node = RealtimeNode(
         hub,
@@ -159,7 +168,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
     relay = FrameRelay(hub, flush_interval=flush)
     node.route(FRAMES_PATH, Frames(relay).open, wire="frames")
 
-    consumers = Consumers(hub, node_id=settings.resolved_node_id())
+    consumers = Consumers(hub, node_id=node_id, lease_ttl=lease)
     kato: KatoService | None = None
     counts: SessionCounts | None = None
     kato_config = KatoConfig.load(os.environ, settings.extra)
@@ -175,9 +184,14 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
 
     nina = NinaService.from_env(hub, os.environ, settings.extra)
     unified: Unified | None = None
+    leaders = {"scheduler": sweeps, "consumers": consumers.leadership}
     if nina is not None:
         unified = Unified(node, nina)
         node.route(UNIFIED_PATH, unified.open, wire="unified")
+        # Always on, and on one node only: the one holding the lease follows the rigs.
+        leaders["nina"] = Leadership(
+            hub, "nina", node_id, ttl=lease, on_gain=nina.start, on_lose=nina.close
+        )
 
     webhook_config = WebhookConfig.load(extra=settings.extra, data_dir=settings.data_dir)
     notifier = Notifier.with_webhooks(hub, webhook_config)
@@ -203,5 +217,6 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
         counts=counts,
         nina=nina,
         unified=unified,
+        leaders=leaders,
         secret_created=created,
     )

@@ -18,9 +18,11 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from ...core.engine import Change
+import orjson
+
 from ...core.errors import NotFound
-from ...core.model import JSON, Event
+from ...core.model import JSON, Session
+from ...core.streams import Publication
 from ...hub import Hub
 from .config import NinaConfig
 from .rawlog import RawLog, replay
@@ -88,7 +90,9 @@ class NinaService:
             return
         for runner in self._runners.values():
             await runner.restore()
-        self._unlisten = self.hub.add_listener(self._on_event)
+        # Changes from the broker, not this process's hub: an admin's stop made through
+        # another node reaches the connector too.
+        self._unlisten = self.hub.broker.subscribe(f"sessions:{KIND}", self._on_publication)
         for runner in self._runners.values():
             runner.start()
         log.info("nina connector following %s", ", ".join(self.rigs))
@@ -102,12 +106,18 @@ class NinaService:
         for runner in self._runners.values():
             await runner.stop()
 
-    def _on_event(self, event: Event, change: Change | None) -> None:
-        if change is None or event.kind != KIND:
+    def _on_publication(self, pub: Publication) -> None:
+        try:
+            event = orjson.loads(pub.data)
+            runner = self._runners.get(str(event.get("owner")))
+            snapshot = (event.get("data") or {}).get("session")
+            if runner is None or not isinstance(snapshot, dict):
+                return
+            session = Session.from_dict(snapshot)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.warning("an imaging event on the broker could not be read")
             return
-        runner = self._runners.get(event.owner)
-        if runner is not None:
-            runner.hub_changed(change.session)
+        runner.hub_changed(session)
 
     # -- reading and commands --------------------------------------------------------------
 
