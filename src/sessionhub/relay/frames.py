@@ -44,6 +44,7 @@ from ..core.errors import (
     NotFound,
     PreconditionFailed,
     SessionHubError,
+    Unavailable,
     VersionConflict,
 )
 from ..core.model import JSON, STATE_CHANGED, UPDATED, Session
@@ -230,6 +231,8 @@ class FrameRelay:
         self._tickets = 0
         self._unflushed: dict[str, int] = {}
         self.frames_received = 0
+        #: Frames the broker could not take (it was down): not relayed to other nodes.
+        self.frames_lost = 0
         self.flushes = 0
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -347,7 +350,14 @@ class FrameRelay:
         self.frames_received += 1
         self._unflushed[room.session_id] = self._unflushed.get(room.session_id, 0) + 1
         room.last_frame = data
-        await self.hub.broker.broadcast(f"frames:{room.session_id}", data)
+        topic = f"frames:{room.session_id}"
+        try:
+            await self.hub.broker.broadcast(topic, data)
+        except Unavailable:
+            # Live media: other nodes miss this frame; this node's viewers still get it.
+            self.frames_lost += 1
+            self._on_frame(Publication(topic, 0, "", data))
+
         now = self._monotonic()
         if now - room.last_heartbeat >= self.heartbeat_interval:
             room.last_heartbeat = now
