@@ -48,44 +48,80 @@ class Authenticate:
     token: str
 
 
-@dataclass(frozen=True, slots=True)
 class Register:
     """The connection is authenticated: make it reachable by client id (sync)."""
 
+    __slots__ = ()
+
 
 @dataclass(frozen=True, slots=True)
-class MayRead:
+class _OnTopic:
+    topic: str
+
+
+class MayRead(_OnTopic):
     """May the principal follow ``topic`` (subscribe, history, presence)? Answer a bool."""
 
-    topic: str
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class MayPublish:
+class MayPublish(_OnTopic):
     """May the principal publish to ``topic``? Answer a bool (sync)."""
 
-    topic: str
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Attach:
-    """Register ``sub`` as pending: publications from now on go to ``sub.backlog`` (sync)."""
-
-    sub: Subscription
-
-
-@dataclass(frozen=True, slots=True)
-class Live:
-    """Deliver live publications of ``sub.topic`` to this connection from now on (sync)."""
-
-    sub: Subscription
-
-
-@dataclass(frozen=True, slots=True)
-class Detach:
+class Detach(_OnTopic):
     """Stop delivering ``topic`` to this connection (sync)."""
 
-    topic: str
+    __slots__ = ()
+
+
+class Position(_OnTopic):
+    """The topic's current position: answer a ``StreamPosition``."""
+
+    __slots__ = ()
+
+
+class Join(_OnTopic):
+    """Add (or renew) this connection's presence lease on ``topic``."""
+
+    __slots__ = ()
+
+
+class Leave(_OnTopic):
+    """End this connection's presence on ``topic``."""
+
+    __slots__ = ()
+
+
+class PresenceOf(_OnTopic):
+    """Who is present on ``topic``: answer ``dict[client id, ClientInfo]``."""
+
+    __slots__ = ()
+
+
+class PresenceStats(_OnTopic):
+    """Answer ``(clients, distinct users)`` present on ``topic``."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _OnSubscription:
+    sub: Subscription
+
+
+class Attach(_OnSubscription):
+    """Register ``sub`` as pending: publications from now on go to ``sub.backlog`` (sync)."""
+
+    __slots__ = ()
+
+
+class Live(_OnSubscription):
+    """Deliver live publications of ``sub.topic`` to this connection from now on (sync)."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +133,6 @@ class Emit:
 
 
 @dataclass(frozen=True, slots=True)
-class Position:
-    """The topic's current position: answer a ``StreamPosition``."""
-
-    topic: str
-
-
-@dataclass(frozen=True, slots=True)
 class History:
     """Publications after ``since`` (or the newest ``limit``): answer the broker's
     ``(publications, position, complete)``."""
@@ -111,34 +140,6 @@ class History:
     topic: str
     since: StreamPosition | None
     limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    """Add (or renew) this connection's presence lease on ``topic``."""
-
-    topic: str
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    """End this connection's presence on ``topic``."""
-
-    topic: str
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceOf:
-    """Who is present on ``topic``: answer ``dict[client id, ClientInfo]``."""
-
-    topic: str
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceStats:
-    """Answer ``(clients, distinct users)`` present on ``topic``."""
-
-    topic: str
 
 
 @dataclass(frozen=True, slots=True)
