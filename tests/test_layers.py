@@ -52,6 +52,7 @@ TOP_LEVEL = {
     "auth": "auth",
     "settings": "settings",
     "cli": "cli",
+    "demo": "cli",
     "__init__": "root",
     "__main__": "cli",
 }

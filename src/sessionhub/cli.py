@@ -158,6 +158,12 @@ def _server_secret(args: argparse.Namespace, settings: Settings) -> str:
     )
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo
+
+    return demo(list(args.rest))
+
+
 def cmd_nina_sim(args: argparse.Namespace) -> int:
     from .connectors.nina.simulator import main as simulate
 
@@ -214,6 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("genkey", help="print a new encryption key for SESSIONHUB_ENCRYPTION_KEYS")
     g.set_defaults(func=cmd_genkey)
 
+    d = sub.add_parser(
+        "demo",
+        help="run a server with something moving in every kind, and print its sign-in link",
+        add_help=False,
+        description="A server on a temporary SQLite with a simulated NINA rig and scripted "
+        "users. Options: sessionhub demo --help.",
+    )
+    d.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    d.set_defaults(func=cmd_demo)
+
     n = sub.add_parser(
         "nina-sim",
         help="serve a simulated NINA rig (Advanced API) on loopback",
@@ -264,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["nina-sim"]:
         return cmd_nina_sim(argparse.Namespace(rest=argv[1:]))  # its own options and --help
+    if argv[:1] == ["demo"]:
+        return cmd_demo(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
