@@ -47,6 +47,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         database_url=getattr(args, "database_url", None),
         broker_url=getattr(args, "broker_url", None),
         log_level=getattr(args, "log_level", None),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
     )
 
 
@@ -205,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port (default 8000)")
     s.add_argument("--broker-url", help="memory:// (default) or redis://...")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--tls-cert", metavar="FILE", help="PEM certificate: serve https:// and wss://")
+    s.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("migrate", help="apply database migrations and exit")

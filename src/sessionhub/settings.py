@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ENV_PREFIX = "SESSIONHUB_"
 
@@ -30,8 +31,13 @@ class Settings:
     api_keys: str = ""
     #: Fernet keys, comma-separated, newest first: session metadata is encrypted at rest.
     encryption_keys: str = ""
-    #: The URL printed in the sign-in link (default http://host:port).
+    #: The URL printed in the sign-in link and the room lookup's answers (default
+    #: http://host:port, https:// with TLS).
     public_url: str = ""
+    #: TLS for clients that always use ``wss://`` (the Aesthetic Computer client): a PEM
+    #: certificate (chain) and its key; both or neither.
+    tls_cert: str = ""
+    tls_key: str = ""
     #: This node's name among several (leases, metrics). Default: kept in
     #: ``<data_dir>/node-id``, so a node that restarts after a crash takes its leases back
     #: at once instead of waiting for them to lapse.
@@ -106,7 +112,8 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def timeout_overrides(self) -> dict[str, dict[str, float]]:
         if not self.kind_timeouts:
@@ -135,6 +142,47 @@ class Settings:
 
     def encryption_key_list(self) -> list[str]:
         return [k.strip() for k in self.encryption_keys.split(",") if k.strip()]
+
+
+T = TypeVar("T")
+
+
+def load_section(
+    config: T,
+    env: Mapping[str, str],
+    extra: Mapping[str, Any],
+    *,
+    env_prefix: str,
+    extra_prefix: str,
+) -> T:
+    """Fill a settings dataclass of one feature (``config``, its defaults) from
+    ``<env_prefix><NAME>`` environment variables and ``extra["<extra_prefix><name>"]`` (which
+    wins: tests and benchmarks set it), converted to each field's type. A value that does
+    not convert is a ``ValueError`` naming the variable."""
+    for f in fields(config):  # type: ignore[arg-type]
+        raw: Any = extra.get(f"{extra_prefix}{f.name}")
+        if raw is None:
+            raw = env.get(env_prefix + f.name.upper())
+        if raw is None:
+            continue
+        current = getattr(config, f.name)
+        try:
+            if isinstance(current, bool):
+                value: Any = (
+                    raw
+                    if isinstance(raw, bool)
+                    else str(raw).strip().lower() in ("1", "true", "yes", "on")
+                )
+            elif isinstance(current, int):
+                value = int(raw)
+            elif isinstance(current, float):
+                value = float(raw)
+            else:
+                value = str(raw)
+        except ValueError:
+            raise ValueError(f"{env_prefix}{f.name.upper()}: bad value {raw!r}") from None
+        setattr(config, f.name, value)
+    return config
 
 
 def _convert(current: Any, raw: str, name: str = "value") -> Any:

@@ -65,3 +65,12 @@ def test_principal_roles_on_a_session() -> None:
     assert ROOT.roles_on("alice") == {"admin"}
     assert ALICE.may_read("alice") and not ALICE.may_read("bob") and ROOT.may_read("bob")
     assert SYSTEM_PRINCIPAL.is_admin and SYSTEM_PRINCIPAL.is_system and not ROOT.is_system
+
+
+def test_a_room_topic_is_open_to_anyone_signed_in() -> None:
+    """Rooms are open spaces (as upstream): who plays in one is no secret to a signed-in user."""
+    from sessionhub.core.principal import Principal
+    from sessionhub.core.topics import static_permission
+
+    assert static_permission(Principal("alice"), "room:lobby") is True
+    assert static_permission(Principal("alice"), "room") is False  # no slug: not a room topic

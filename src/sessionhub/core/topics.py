@@ -30,7 +30,8 @@ def static_permission(principal: Principal, topic: str) -> bool | None:
     """True/False where the topic alone decides, None where the session's owner must be looked up.
 
     Admins read everything. ``sessions`` and ``sessions:<kind>`` carry every user's sessions,
-    so they are for admins only; ``user:<id>`` is for that user; ``session:<id>`` for its owner.
+    so they are for admins only; ``user:<id>`` is for that user; ``session:<id>`` for its owner;
+    ``room:<slug>`` (who is playing in a room) for anyone signed in: rooms are open spaces.
     """
     if principal.is_admin:
         return True
@@ -41,6 +42,8 @@ def static_permission(principal: Principal, topic: str) -> bool | None:
         return None
     if prefix == "notifications":
         return rest in (None, principal.sub)
+    if prefix == "room" and rest:
+        return True
     return False
 
 

@@ -10,6 +10,7 @@ from ..core.kind import TIMEOUTS, Kind
 from .generic import Generic
 from .imaging import Imaging
 from .remote_access import RemoteAccess
+from .room import Room
 from .screen_share import ScreenShare
 from .workspace import Workspace
 
@@ -19,6 +20,7 @@ BUILTIN: tuple[type[Kind], ...] = (
     RemoteAccess,
     ScreenShare,
     Imaging,
+    Room,
 )
 
 

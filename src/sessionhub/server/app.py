@@ -12,7 +12,7 @@ from .. import __version__
 from ..core.model import Event
 from ..settings import Settings
 from . import notifications, problems, realtime, rest, sse, system
-from .compat import grace, jambot, nina
+from .compat import aesthetic, geckos, grace, jambot, nina
 from .observe import Metrics, ObserveMiddleware
 from .runtime import Runtime, build_runtime
 
@@ -24,6 +24,8 @@ ROUTERS: list[APIRouter] = [
     notifications.router,
     jambot.router,
     nina.router,
+    aesthetic.router,
+    geckos.router,
     sse.router,
     rest.router,
 ]

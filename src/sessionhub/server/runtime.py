@@ -13,7 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..auth import Authenticator, load_or_create_secret, parse_api_keys
 from ..backends import open_hub
@@ -37,6 +37,9 @@ from .realtime.kato import KatoConfig, KatoService
 from .realtime.node import RealtimeNode
 from .realtime.unified import PATH as UNIFIED_PATH
 from .realtime.unified import Unified
+
+if TYPE_CHECKING:
+    from .compat.aesthetic import Rooms
 
 log = logging.getLogger("sessionhub")
 
@@ -64,6 +67,8 @@ class Runtime:
     #: The NINA connector and its ``/ws/unified`` (None without ``SESSIONHUB_NINA_URL``).
     nina: NinaService | None = None
     unified: Unified | None = None
+    #: Multiplayer rooms (the Aesthetic Computer socket and its data channels).
+    rooms: Rooms | None = None
     #: The roles one node at a time runs, by name, with this node's lease on each.
     leaders: dict[str, Leadership] = field(default_factory=dict)
     secret_created: bool = False
@@ -201,7 +206,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
     workspaces = WorkspaceService(hub)
     workspaces.settle = consumers.drain
     consumers.add(workspaces.rule)
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         hub=hub,
         scheduler=scheduler,
@@ -220,3 +225,8 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
         leaders=leaders,
         secret_created=created,
     )
+    # Imported here: the rooms' module reaches the runtime through the routers' dependencies.
+    from .compat import aesthetic
+
+    aesthetic.install(runtime)
+    return runtime

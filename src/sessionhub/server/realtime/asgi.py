@@ -37,6 +37,8 @@ class AsgiSink:
         self.close_timeout = close_timeout
         #: Called when the queue drained (the frame relay's newest-frame slot).
         self.on_drain: Callable[[], None] | None = None
+        #: Text messages of one batch may leave newline-joined in one frame (Conn.joinable).
+        self.join = True
 
     def write(self, items: list[Out]) -> None:
         if self._close is not None:
@@ -79,7 +81,7 @@ class AsgiSink:
             while self._pending:
                 batch, self._pending = self._pending, []
                 texts = [i.payload for i in batch if not i.binary]
-                if len(texts) == len(batch):
+                if self.join and len(texts) == len(batch):
                     await ws.send_text(b"\n".join(texts).decode())
                 else:
                     for item in batch:
@@ -116,6 +118,7 @@ def endpoint(route: Route) -> Callable[[WebSocket], Awaitable[None]]:
         )
         sink = AsgiSink(websocket, close_timeout=node.close_timeout)
         conn = route.factory(node, sink, hs)
+        sink.join = conn.joinable
         if not conn.drop_slow:
             sink.on_drain = conn.writable
         node.register(conn)

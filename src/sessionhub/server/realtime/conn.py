@@ -45,6 +45,9 @@ class Conn:
     #: A reader that falls behind is disconnected (3008); False: the wire copes itself
     #: (the frame relay keeps only the newest frame for a slow viewer).
     drop_slow = True
+    #: Whether text messages queued together may leave as one frame, newline-separated (the
+    #: Centrifugo protocol allows it); False for wires whose clients parse one JSON a frame.
+    joinable = True
     #: For ``drop_slow = False`` wires: unsent bytes above which the socket counts as full
     #: (``writable`` is called once it has drained below a quarter of it).
     write_limit = 64 * 1024

@@ -38,7 +38,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -58,6 +58,7 @@ from ...core.errors import Unauthenticated
 from ...core.model import JSON, iso
 from ...core.principal import Principal
 from ...core.streams import Publication
+from ...settings import load_section
 from .conn import Conn
 from .node import RealtimeNode
 from .socket import Handshake, Out, Sink
@@ -110,30 +111,7 @@ class KatoConfig:
 
     @classmethod
     def load(cls, env: Mapping[str, str], extra: Mapping[str, Any]) -> KatoConfig:
-        cfg = cls()
-        for f in fields(cls):
-            raw: Any = extra.get(f"kato_{f.name}")
-            if raw is None:
-                raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            current = getattr(cfg, f.name)
-            try:
-                if isinstance(current, bool):
-                    value: Any = (
-                        raw
-                        if isinstance(raw, bool)
-                        else str(raw).strip().lower() in ("1", "true", "yes", "on")
-                    )
-                elif isinstance(current, int):
-                    value = int(raw)
-                elif isinstance(current, float):
-                    value = float(raw)
-                else:
-                    value = str(raw)
-            except ValueError:
-                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: bad value {raw!r}") from None
-            setattr(cfg, f.name, value)
+        cfg = load_section(cls(), env, extra, env_prefix=ENV_PREFIX, extra_prefix="kato_")
         if cfg.interval <= 0:
             raise ValueError(f"{ENV_PREFIX}INTERVAL must be positive")
         return cfg
@@ -351,6 +329,7 @@ class KatoConn(Conn):
     """One ``/ws`` client: its subscriptions; it follows the ``kato:*`` topics it wants."""
 
     wire = "kato"
+    joinable = False  # dashboards parse one JSON message per frame
     #: ``ping`` and ``subscribe`` messages are tiny; anything near this is not one.
     max_message = 64 * 1024
 

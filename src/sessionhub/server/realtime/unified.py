@@ -96,6 +96,7 @@ class UnifiedConn(Conn):
     """One ``/ws/unified`` client of one rig."""
 
     wire = "unified"
+    joinable = False  # the dashboard parses one JSON message per frame
     max_message = 64 * 1024  # the client sends nothing but, perhaps, a ping
 
     def __init__(self, wire: Unified, node: RealtimeNode, sink: Sink, hs: Handshake) -> None:
