@@ -1,47 +1,67 @@
-"""Fan-out benchmark: one publisher, N subscribers, ~300-byte messages.
+"""Fan-out benchmark: one publisher, N subscribers, ~300-byte messages, one table.
 
-Compares, in the same run and on the same machine, sessionhub's realtime endpoint (as
-``sessionhub serve`` runs it: uvicorn + the fast engine, the Centrifugo JSON protocol)
-with a raw ``websockets`` broadcast server and a Node ``ws`` broadcast server. For each
-server and N in (100, 1000):
+Compares, in the same run on the same machine, sessionhub's realtime endpoint (``sessionhub
+serve`` as users run it, the Centrifugo JSON protocol on ``/connection/websocket``) with
+broadcast servers that speak plain WebSocket: uWebSockets (C++, the npm package
+``@trufflesuite/uws-js-unofficial``, its pub/sub), picows (frame once, coalesced writes), Node
+``ws`` and Python ``websockets``. Every server runs pinned to CPU 0 (``--pin``, the default on
+2+ cores), the load generator on the other CPUs.
 
-* delivered messages per second: the publisher sends M messages as fast as the server takes
-  them; delivered/s = messages received by all subscribers / (last receipt - first send);
-* p50/p90 publish-to-receive latency at a fixed offered load (10,000 deliveries/s, i.e.
-  10,000/N messages per second), from a CLOCK_MONOTONIC stamp in each message;
-* server CPU (share of one core) during the throughput phase, and the load generator's CPU,
-  to show the subscribers' processes are not the bottleneck;
-* server RSS per idle connection (N = 1000 connected and subscribed, idle).
+The load generator is ``bench/loadgen.c``, compiled here with ``cc -O2`` into a temporary
+directory: one epoll thread per (server, N) holding N subscriber connections and the
+publisher, counting messages by the marker in each frame, checking every subscriber's
+sequence numbers (a lost or duplicated message is counted, never hidden) and measuring
+publish-to-receive latency from a CLOCK_MONOTONIC stamp in each message. It reports its own
+CPU time, so the table shows whether it, and not the server, was the limit. For each
+server and N in (100, 1000), in ``--rounds`` rounds whose server order rotates:
 
-All servers run for the whole bench, idle but for the one being measured. For each N, each
-server gets its throughput phase alone; then the latency phases take turns, ``--rounds``
-rounds of them in rotating order, so that a slow spell of the machine falls on every server
-alike. Subscribers live in separate processes: a bare epoll loop over plain sockets that
-counts message markers in the byte stream. With ``--pin`` (the default on 2+ cores) the
-servers share CPU 0 and the load generator has the others; while measuring latency the
-reader polls without sleeping, since a sleeping reader's wake-ups (tens of microseconds
-each on a VM) would be counted against the server. Usage:
-``python bench/fanout.py [--quick] [--rounds R] [--servers a,b]``.
-Needs ``node`` and ``npm install`` (package.json: ``ws``) for the Node column.
+* ``burst``: M messages published as fast as the server takes them (delivered/s =
+  deliveries / (last receipt - first send));
+* ``window``: a closed loop with at most W messages in flight (W = 32 for N = 100, 8 for
+  N = 1000), a message being done when every subscriber has it: a server cannot win by
+  batching one huge burst;
+* ``rate``: an offered load of 40 publications/s (40,000 deliveries/s at N = 1000, 4,000 at
+  N = 100) for the p50/p99 latency; the generator polls without sleeping here, so a wake-up
+  of its own is not counted against the server.
+
+Besides: server CPU per delivery (CPU time of the server process over the phase / deliveries),
+the server's CPU share and the generator's, KiB of server RSS per idle subscribed connection
+(measured first, on a server that has carried no traffic, 100 then 1000 subscribers), and
+the base RSS of the server process before any connection. The table shows medians over the
+rounds. Each phase also records what else ran on the machine: CPU time of other processes,
+and how long the server and the generator waited for a CPU (``/proc/PID/task/*/schedstat``);
+a phase above 5 % is flagged, and the summary says whether the machine was quiet enough to
+quote. A message not received 3 s after a phase's last delivery counts as lost there (and
+as a late arrival when it turns up in a later phase). ``--check`` tests the generator itself against the trivial C broadcast server in
+``loadgen.c`` (counts, sequence checks with injected drops and duplicates, latency with an
+injected delay) and reports its ceiling on this machine. Usage::
+
+    .venv/bin/python bench/fanout.py [--quick] [--rounds 3] [--servers a,b] [--json out.json]
+    .venv/bin/python bench/fanout.py --check
+
+Needs ``cc``; ``node`` with ``npm install`` (package.json: ``ws``, ``@trufflesuite/uws-js-
+unofficial``) for the Node and uWebSockets columns, ``pip install picows`` for picows; a
+column whose server cannot start is skipped with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import multiprocessing as mp
+import ctypes
 import os
-import re
+import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +69,20 @@ import orjson
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 SECRET = "bench-secret-0123456789abcdef0123456789"
-MARK = b'"bm":'
-# The trailing comma: a stamp cut off mid-number by a read boundary must not match.
-STAMP = re.compile(rb'"bm":(\d+),"t":(\d+),')
-PAD = "x" * 240  # brings a message to ~300 bytes
+CHANNEL = "bench"
+PAD = 240  # brings a message to ~300 bytes on the wire
+ALL_SERVERS = ("sessionhub", "uws", "picows", "node", "websockets")
+LABEL = {
+    "sessionhub": "sessionhub",
+    "uws": "uWebSockets.js",
+    "picows": "picows",
+    "node": "Node ws",
+    "websockets": "websockets",
+    "cserver": "C broadcast (check)",
+}
+WINDOW = {100: 32, 1000: 8}
 
 NODE_SERVER = r"""
 const { WebSocketServer } = require('ws');
@@ -69,43 +98,54 @@ wss.on('connection', (ws, req) => {
 wss.on('listening', () => console.log('ready'));
 """
 
+# The package falls back to a pure-JS emulation (on top of `ws`) when its binary does not
+# load, silently but for a warning; the bench loads the binary itself so that the column is
+# uWebSockets or nothing.
+UWS_SERVER = r"""
+const path = require('path');
+let uWS;
+try {
+  const dir = path.dirname(require.resolve('@trufflesuite/uws-js-unofficial/package.json'));
+  uWS = require(path.join(dir, 'binaries',
+    `uws_${process.platform}_${process.arch}_${process.versions.modules}.node`));
+} catch (e) {
+  console.log('unavailable: ' + String(e.message).split('\n')[0]);
+  process.exit(3);
+}
+const port = Number(process.argv[2]);
+const app = uWS.App();
+app.ws('/*', {
+  compression: uWS.DISABLED,
+  maxPayloadLength: 16 * 1024 * 1024,
+  idleTimeout: 0,
+  sendPingsAutomatically: false,
+  // Like the other servers, never skip or drop a slow subscriber.
+  maxBackpressure: 1024 * 1024 * 1024,
+  closeOnBackpressureLimit: false,
+  upgrade: (res, req, context) => {
+    res.upgrade({ pub: req.getUrl().startsWith('/pub') },
+      req.getHeader('sec-websocket-key'), req.getHeader('sec-websocket-protocol'),
+      req.getHeader('sec-websocket-extensions'), context);
+  },
+  open: (ws) => { if (!ws.getUserData().pub) ws.subscribe('bench'); },
+  message: (ws, message, isBinary) => {
+    if (ws.getUserData().pub) app.publish('bench', message, isBinary);
+  },
+});
+app.listen('127.0.0.1', port, (token) => {
+  if (token) console.log('ready'); else { console.log('unavailable: listen failed'); process.exit(1); }
+});
+"""
+
+
+# -- servers ---------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def message(seq: int) -> dict[str, Any]:
-    return {"bm": seq, "t": time.monotonic_ns(), "pad": PAD}
-
-
-# -- servers ---------------------------------------------------------------------------------
-
-
-def serve_sessionhub(port: int, data_dir: str) -> None:
-    import uvicorn
-
-    from sessionhub.server.app import create_app
-    from sessionhub.server.runtime import build_runtime
-    from sessionhub.server.serving import uvicorn_config
-    from sessionhub.settings import Settings
-
-    settings = Settings(
-        data_dir=Path(data_dir), jwt_secret=SECRET, ping_interval=3600.0, log_level="warning"
-    )
-    settings.extra["realtime_publish_topics"] = ["bench"]
-    # The throughput phase offers more than the subscribers' processes read; like the peers
-    # (which never cut anyone off) let queues grow instead of dropping slow readers (3008).
-    settings.extra["realtime_queue_bytes"] = 1 << 30
-    runtime = build_runtime(settings)
-    app = create_app(settings, runtime=runtime)
-    # The same uvicorn configuration as `sessionhub serve` (a longer accept backlog for the
-    # connection storm of 1000 subscribers, as the peers get).
-    config = uvicorn_config(app, settings, host="127.0.0.1", port=port, backlog=4096)
-    print("ready", flush=True)
-    uvicorn.Server(config).run()
 
 
 def serve_websockets(port: int) -> None:
@@ -146,6 +186,71 @@ def serve_websockets(port: int) -> None:
     uvloop.run(main())
 
 
+def ws_server_frame(payload: bytes) -> bytes:
+    """An unmasked text frame (FIN set) around ``payload``."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+def serve_picows(port: int) -> None:
+    """picows, frame once + coalesced writes: every message read in one event-loop turn is
+    framed once and the lot goes to each subscriber in one write."""
+    try:
+        import picows
+        import uvloop
+    except ImportError as exc:
+        print(f"unavailable: {exc} (pip install picows)", flush=True)
+        sys.exit(3)
+
+    subs: dict[Any, Any] = {}
+    pending: list[bytes] = []
+    loop_box: list[asyncio.AbstractEventLoop] = []
+
+    def flush() -> None:
+        data = b"".join(pending)
+        pending.clear()
+        for raw in subs.values():
+            raw.write(data)
+
+    class Sub(picows.WSListener):
+        def on_ws_connected(self, transport: Any) -> None:
+            raw = transport.underlying_transport
+            sock = raw.get_extra_info("socket")
+            if sock is not None:  # as every other server here does: no Nagle delay
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            subs[transport] = raw
+
+        def on_ws_disconnected(self, transport: Any) -> None:
+            subs.pop(transport, None)
+
+    class Pub(picows.WSListener):
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            if frame.msg_type in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY):
+                if not pending:
+                    loop_box[0].call_soon(flush)
+                pending.append(ws_server_frame(frame.get_payload_as_bytes()))
+            elif frame.msg_type == picows.WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+                transport.disconnect()
+
+    def factory(request: Any) -> Any:
+        path = request.path if isinstance(request.path, str) else request.path.decode()
+        return Pub() if path.startswith("/pub") else Sub()
+
+    async def main() -> None:
+        loop_box.append(asyncio.get_running_loop())
+        server = await picows.ws_create_server(factory, "127.0.0.1", port, backlog=4096)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
 @dataclass
 class Server:
     name: str
@@ -153,448 +258,822 @@ class Server:
     port: int
     sub_path: str
     pub_path: str
-    centrifuge: bool
-    tmp: str | None = None
+    proto: str
+    tmp: str
+    base_rss: int = 0
+
+    @property
+    def log(self) -> Path:
+        return Path(self.tmp) / "server.log"
+
+    def log_tail(self, limit: int = 600) -> str:
+        try:
+            text = self.log.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+        return text[-limit:]
 
     @property
     def ps(self) -> psutil.Process:
         return psutil.Process(self.proc.pid)
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def stop(self) -> str:
+        """Stops the server; what it printed (its log)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                # A pinned process on a starved CPU can take a while even to die.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(60)
+        out = self.log_tail(1 << 20)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return out
 
 
-def start_server(name: str) -> Server | None:
+#: With --pin, every server runs on CPU 0 and the load generator on the other CPUs.
+SERVER_CPUS: set[int] | None = None
+LOADGEN_CPUS: set[int] | None = None
+
+
+def child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    """A preexec_fn: pin the child (and so every thread it starts) and make it die with us."""
+
+    def setup() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return setup
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether ``pid`` listens on ``port``, asked of the kernel (not by connecting: the base
+    RSS is measured before any connection)."""
+    with contextlib.suppress(psutil.Error):
+        for c in psutil.Process(pid).net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+                return True
+    return False
+
+
+def sessionhub_command() -> list[str]:
+    exe = Path(sys.executable).parent / "sessionhub"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sessionhub.cli"]
+
+
+def start_server(name: str, loadgen: Path | None = None, extra: list[str] | None = None) -> Server:
+    """Starts one server pinned to CPU 0 and waits until it listens. Raises ``Unavailable``
+    (with the reason) when it cannot run here."""
     port = free_port()
-    tmp = None
+    env = {**os.environ, "NODE_PATH": str(ROOT / "node_modules")}
+    sub, pub, proto = "/sub", "/pub", "plain"
+    if name in ("node", "uws"):
+        node = shutil.which("node")
+        pkg = "ws" if name == "node" else "@trufflesuite/uws-js-unofficial"
+        if node is None:
+            raise Unavailable("node is not installed")
+        if not (ROOT / "node_modules" / pkg).exists():
+            raise Unavailable(f"node_modules/{pkg} is missing (run npm install)")
+    tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
     if name == "sessionhub":
-        tmp = tempfile.mkdtemp(prefix="bench-sh-")
-        cmd = [sys.executable, __file__, "_serve", "sessionhub", str(port), tmp]
+        cmd = [*sessionhub_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--data-dir", str(Path(tmp) / "data"), "--log-level", "warning"]
+        env.update(
+            SESSIONHUB_JWT_SECRET=SECRET,
+            SESSIONHUB_REALTIME_PUBLISH_TOPICS=CHANNEL,
+            # The burst offers more than a reader may keep up with; like the peers (which
+            # never cut anyone off) let queues grow instead of dropping slow readers (3008).
+            SESSIONHUB_REALTIME_QUEUE_BYTES=str(1 << 30),
+        )
         sub = pub = "/connection/websocket"
+        proto = "centrifugo"
     elif name == "websockets":
         cmd = [sys.executable, __file__, "_serve", "websockets", str(port)]
-        sub, pub = "/sub", "/pub"
-    else:
-        node = shutil.which("node")
-        if node is None or not (ROOT / "node_modules" / "ws").exists():
-            print("node or node_modules/ws missing: skipping the Node column", file=sys.stderr)
-            return None
-        tmp = tempfile.mkdtemp(prefix="bench-node-")
+    elif name == "picows":
+        cmd = [sys.executable, __file__, "_serve", "picows", str(port)]
+    elif name == "cserver":
+        assert loadgen is not None
+        cmd = [str(loadgen), "serve", "--port", str(port), *(extra or [])]
+    elif name in ("node", "uws"):
         script = Path(tmp) / "server.js"
-        script.write_text(NODE_SERVER)
-        cmd = [node, str(script), str(port)]
-        sub, pub = "/sub", "/pub"
-    env = {**os.environ, "NODE_PATH": str(ROOT / "node_modules")}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, cwd=ROOT)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if b"ready" not in line:
-        raise RuntimeError(f"{name} server did not start: {line!r}")
-    pin_server(proc.pid)
-    # Wait for the port to accept.
-    for _ in range(200):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            break
-        time.sleep(0.05)
-    return Server(name, proc, port, sub, pub, name == "sessionhub", tmp)
+        script.write_text(NODE_SERVER if name == "node" else UWS_SERVER)
+        cmd = [str(shutil.which("node")), str(script), str(port)]
+        # Node ws as it was measured before (the optional native helpers now sit in
+        # node_modules as dependencies of the uWebSockets package).
+        env.update(WS_NO_BUFFER_UTIL="1", WS_NO_UTF_8_VALIDATE="1")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise Unavailable(f"unknown server {name!r}")
+    # Output to a file, never a pipe nobody reads (a full pipe would stall the server).
+    with (Path(tmp) / "server.log").open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            preexec_fn=child_setup(SERVER_CPUS),
+        )
+    server = Server(name, proc, port, sub, pub, proto, tmp)
+    try:
+        end = time.monotonic() + 60
+        while not listening(proc.pid, port):
+            if proc.poll() is not None or time.monotonic() > end:
+                proc.poll()
+                why = server.log_tail() or f"exit code {proc.returncode}"
+                raise Unavailable(f"did not start: {why}")
+            time.sleep(0.05)
+        time.sleep(1.0)  # settle before the base RSS
+        server.base_rss = server.rss()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+class Unavailable(Exception):
+    """A server that cannot run on this machine (the reason is the message)."""
 
 
 def admin_token() -> str:
+    from datetime import timedelta
+
     from sessionhub.auth import Authenticator
 
-    return Authenticator(secret=SECRET).issue("bench", ["admin"])
+    return Authenticator(secret=SECRET).issue("bench", ["admin"], ttl=timedelta(hours=24))
 
 
-# -- a minimal WebSocket client (load generator) ---------------------------------------------
+# -- the load generator ----------------------------------------------------------------------
 
 
-def client_frame(payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
-    from websockets.speedups import apply_mask
-
-    return head + mask + bytes(apply_mask(payload, mask))
+def compile_loadgen(tmp: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("cc not found: the load generator is a C program (apt-get install gcc)")
+    exe = tmp / "loadgen"
+    subprocess.run(
+        [cc, "-O2", "-Wall", "-Wextra", "-o", str(exe), str(HERE / "loadgen.c")], check=True
+    )
+    return exe
 
 
-def handshake(port: int, path: str) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
+#: Above this (cores used by others, or share of a phase spent waiting for a CPU) a phase
+#: is flagged: the machine was not quiet.
+BUSY = 0.05
 
 
-#: With --pin, every server runs on CPU 0 and the load generator on the other CPUs, so the
-#: servers are compared on one core each and do not compete with their own subscribers.
-PIN_ENV = "FANOUT_LOADGEN_CPUS"
+def sched_wait(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a CPU."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+    return total / 1e9
 
 
-def pin_server(pid: int) -> None:
-    """Pin every thread of the server process to CPU 0 (when --pin is on)."""
-    if not os.environ.get(PIN_ENV):
-        return
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(tid), {0})
+def busy_cpu() -> float:
+    """CPU seconds the whole machine has been busy (steal included: a neighbour's work)."""
+    t = psutil.cpu_times()
+    return float(
+        t.user
+        + t.nice
+        + t.system
+        + getattr(t, "irq", 0)
+        + getattr(t, "softirq", 0)
+        + getattr(t, "steal", 0)
+    )
 
 
-def pin_loadgen() -> bool:
-    """Pin this load-generator process to the CPUs named in the environment; whether it was."""
-    cpus = os.environ.get(PIN_ENV)
-    if cpus:
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-    return bool(cpus)
+class Fleet:
+    """One load-generator process: N subscribers and the publisher on one server."""
 
+    def __init__(self, exe: Path, server: Server, n: int, token: str) -> None:
+        self.server, self.n = server, n
+        cmd = [str(exe), "client", "--port", str(server.port), "--n", str(n)]
+        cmd += ["--proto", server.proto, "--sub-path", server.sub_path]
+        cmd += ["--pub-path", server.pub_path, "--channel", CHANNEL, "--pad", str(PAD)]
+        if server.proto == "centrifugo":
+            cmd += ["--token", token]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            preexec_fn=child_setup(LOADGEN_CPUS),
+        )
+        self._buf = b""
+        ready = self.read(180)
+        if ready.get("event") != "ready":
+            self.close()
+            raise RuntimeError(f"{server.name} N={n}: load generator not ready: {ready}")
 
-def subscriber_process(conn: Any, port: int, path: str, n: int, hello: bytes) -> None:
-    """One load-generator process: ``n`` subscribers read by a bare epoll loop.
-
-    No event loop and no per-connection object: a readable socket costs one ``epoll`` entry,
-    one ``recv`` and a ``bytes.count`` (a regex over the stamps in latency mode), so that
-    these processes read faster than any of the servers write and the latency measured is
-    the server's, not the load generator's.
-    """
-    import select
-
-    spin = pin_loadgen()
-    socks: dict[int, socket.socket] = {}
-    for i in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        s.sendall(handshake(port, path))
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise RuntimeError("server closed during the handshake")
-            head += chunk
-        if hello:
-            s.sendall(hello)
-            seen = head
-            while b'"subscribe":{' not in seen:
-                chunk = s.recv(65536)
+    def read(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.server.name}: no answer from the load generator")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
                 if not chunk:
-                    raise RuntimeError("server closed during subscribe")
-                seen += chunk
-        s.setblocking(False)
-        socks[s.fileno()] = s
-        if i % 50 == 49:
-            time.sleep(0.02)
-    ep = select.epoll()
-    for fd in socks:
-        ep.register(fd, select.EPOLLIN)
-    conn.send(("ready", len(socks)))
-    tails: dict[int, bytes] = dict.fromkeys(socks, b"")
-    mark_keep = len(MARK) - 1
-    while True:
-        cmd = conn.recv()
-        if cmd[0] == "close":
-            for s in socks.values():
-                s.close()
-            conn.send("closed")
-            return
-        _, expected, limit, latency = cmd
-        count, last_ns, samples = 0, 0, []
-        cpu0 = time.process_time()
-        end = time.monotonic() + limit
-        # Measuring latency on a core of its own (--pin), the reader polls without sleeping:
-        # a sleeping reader costs a wake-up per delivery that would count as the server's
-        # latency. The throughput phase sleeps when idle, so its CPU column means something.
-        timeout = 0.0 if spin and latency else 0.05
-        while count < expected and time.monotonic() < end:
-            for fd, _ev in ep.poll(timeout, 4096):
-                try:
-                    data = socks[fd].recv(65536)  # below malloc's mmap threshold
-                except BlockingIOError:
-                    continue
-                now = time.monotonic_ns()
-                buf = tails[fd] + data if tails[fd] else data
-                if latency:
-                    stop = 0
-                    for m in STAMP.finditer(buf):
-                        samples.append(now - int(m.group(2)))
-                        count += 1
-                        stop = m.end()
-                    # An unfinished stamp at the end is read with the next chunk.
-                    rest = buf[stop:]
-                    at = rest.rfind(MARK)
-                    tails[fd] = rest[at:] if at >= 0 else rest[-mark_keep:]
-                else:
-                    # A kept tail is shorter than the marker, so every marker counted here
-                    # is a new one.
-                    count += buf.count(MARK)
-                    tails[fd] = buf[-mark_keep:]
-                last_ns = now
-        conn.send((count, last_ns, time.process_time() - cpu0, samples))
+                    raise RuntimeError(f"{self.server.name}: the load generator exited")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        result: dict[str, Any] = orjson.loads(line)
+        return result
 
+    def run(self, command: str, timeout: float) -> dict[str, Any]:
+        """One phase; its result with the server's CPU time over it."""
+        assert self.proc.stdin is not None
+        me = psutil.Process()
+        pids = (self.server.proc.pid, self.proc.pid)
+        cpu0, busy0, own0 = self.server.cpu(), busy_cpu(), sum(me.cpu_times()[:2])
+        waits0 = [sched_wait(p) for p in pids]
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+        result = self.read(timeout)
+        if result.get("event") != "result":
+            raise RuntimeError(f"{self.server.name}: {command!r} failed: {result}")
+        wall = max(float(result["wall_s"]), 1e-9)
+        result["server_cpu_s"] = self.server.cpu() - cpu0
+        # What else ran on the machine meanwhile (other people's work on a shared box):
+        # busy CPU time beyond the server's, the generator's and this script's, in cores;
+        # and how long the server and the generator waited on a run queue for a CPU.
+        other = busy_cpu() - busy0 - result["server_cpu_s"] - result["lg_cpu_s"]
+        other -= sum(me.cpu_times()[:2]) - own0
+        result["other_cores"] = max(0.0, other) / wall
+        result["waits"] = [(sched_wait(p) - w0) / wall for p, w0 in zip(pids, waits0, strict=True)]
+        return result
 
-def publisher_process(
-    port: int, path: str, hello: bytes, count: int, rate: float, out: Any
-) -> None:
-    pin_loadgen()
-    import uvloop
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        opened = asyncio.Event()
-        replies = [0]
-
-        class Pub(asyncio.Protocol):
-            def data_received(self, data: bytes) -> None:
-                opened.set()
-                replies[0] += data.count(b'"publish":{}')
-
-        t, _ = await loop.create_connection(Pub, "127.0.0.1", port)
-        t.write(handshake(port, path))
-        await asyncio.wait_for(opened.wait(), 10)
-        if hello:
-            opened.clear()
-            t.write(hello)
-            await asyncio.wait_for(opened.wait(), 10)
-        centrifuge = bool(hello)
-        start = time.monotonic_ns()
-        cpu0 = time.process_time()
-        for seq in range(count):
-            if rate:
-                due = start + int(seq * 1e9 / rate)
-                delay = (due - time.monotonic_ns()) / 1e9
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            msg = message(seq)
-            if centrifuge:
-                payload = orjson.dumps(
-                    {"id": seq + 2, "publish": {"channel": "bench", "data": msg}}
-                )
-            else:
-                payload = orjson.dumps(msg)
-            t.write(client_frame(payload))
-            if not rate and seq % 200 == 199:
-                await asyncio.sleep(0)
-        out.put((start, time.process_time() - cpu0))
-        # Leave only once the server has everything: every publish answered (Centrifugo
-        # protocol) or every byte sent and a grace period (raw servers answer nothing).
-        end = time.monotonic() + 120
-        while time.monotonic() < end and (  # noqa: ASYNC110 - bounded poll
-            replies[0] < count if centrifuge else t.get_write_buffer_size() > 0
-        ):
-            await asyncio.sleep(0.01)
-        t.close()
-        await asyncio.sleep(1.0)
-
-    uvloop.run(main())
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(b"quit\n")
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(60)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 # -- the runs --------------------------------------------------------------------------------
 
 
 @dataclass
-class Row:
-    server: str
-    n: int
-    delivered: float = 0.0
-    lost: int = 0
-    server_cpu: float = 0.0
-    loadgen_cpu: float = 0.0
-    p50: float = 0.0
-    p90: float = 0.0
-    rss_per_conn: float | None = None
+class Plan:
+    ns: list[int]
+    modes: list[str]
+    burst: dict[int, int]  # messages per burst
+    seconds: float  # window and rate phases
+    lat_pubs: float  # publications/s in the rate phase
+    rounds: int
 
-
-def pct(values: list[int], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] / 1e6
+    def command(self, mode: str, n: int) -> tuple[str, float]:
+        """The load generator's command for one phase, and how long to wait for it."""
+        if mode == "burst":
+            return f"burst {self.burst[n]} 120", 150.0
+        if mode == "window":
+            return (
+                f"window {WINDOW.get(n, 8)} {self.seconds} {self.seconds + 60}",
+                90 + self.seconds,
+            )
+        return f"rate {self.lat_pubs} {self.seconds} {self.seconds + 60} 1", 90 + self.seconds
 
 
 @dataclass
-class Fleet:
-    """One server's subscriber processes for one N."""
+class Cell:
+    """One (server, N, mode): the results of every round."""
 
-    server: Server
-    row: Row
-    pipes: list[Any]
-    workers: list[Any]
-    per: list[int]
-    samples: list[int]
+    server: str
+    n: int
+    mode: str
+    results: list[dict[str, Any]] = field(default_factory=list)
 
+    def med(self, key: str) -> float:
+        values = [float(r[key]) for r in self.results if r.get(key) is not None]
+        return statistics.median(values) if values else float("nan")
 
-def hellos(server: Server) -> tuple[bytes, bytes]:
-    """The subscribers' and the publisher's first frames (Centrifugo protocol only)."""
-    if not server.centrifuge:
-        return b"", b""
-    connect = client_frame(orjson.dumps({"id": 1, "connect": {"token": admin_token()}}))
-    subscribe = client_frame(orjson.dumps({"id": 2, "subscribe": {"channel": "bench"}}))
-    return connect + subscribe, connect
+    def delivered(self) -> float:
+        return self.med("delivered_per_s")
 
+    def us_per_delivery(self) -> float:
+        values = [
+            r["server_cpu_s"] * 1e6 / r["deliveries"] for r in self.results if r["deliveries"]
+        ]
+        return statistics.median(values) if values else float("nan")
 
-def phase(
-    ctx: Any, fleet: Fleet, count: int, rate: float, latency: bool, limit: float
-) -> tuple[list[Any], int, float]:
-    """One publisher run against one server: its subscribers' results, start, server CPU."""
-    server = fleet.server
-    q = ctx.Queue()
-    for a, k in zip(fleet.pipes, fleet.per, strict=True):
-        a.send(("measure", count * k, limit, latency))
-    cpu0 = sum(server.ps.cpu_times()[:2])
-    pub = ctx.Process(
-        target=publisher_process,
-        args=(server.port, server.pub_path, hellos(server)[1], count, rate, q),
-    )
-    pub.start()
-    start, _pub_cpu = q.get(timeout=120)
-    results = [a.recv() for a in fleet.pipes]
-    cpu = sum(server.ps.cpu_times()[:2]) - cpu0
-    pub.join(10)
-    return results, start, cpu
+    def server_share(self) -> float:
+        values = [r["server_cpu_s"] / r["wall_s"] for r in self.results if r["wall_s"]]
+        return statistics.median(values) if values else float("nan")
+
+    def total(self, key: str) -> int:
+        return sum(int(r[key]) for r in self.results)
 
 
-def connect_fleet(ctx: Any, server: Server, n: int, measure_rss: bool) -> Fleet:
-    # Pinned, one reader process per load-generator core (while measuring latency it spins,
-    # and two spinning on one core would take turns); unpinned, a few that sleep when idle.
-    pinned = os.environ.get(PIN_ENV)
-    procs = len(pinned.split(",")) if pinned else (2 if n <= 100 else 4)
-    per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-    rss0 = server.ps.memory_info().rss
-    pipes, workers = [], []
-    for k in per:
-        a, b = ctx.Pipe()
-        p = ctx.Process(
-            target=subscriber_process,
-            args=(b, server.port, server.sub_path, k, hellos(server)[0]),
-        )
-        p.start()
-        pipes.append(a)
-        workers.append(p)
-    ready = sum(a.recv()[1] for a in pipes)
-    assert ready == n, f"{server.name}: only {ready}/{n} subscribers ready"
-    row = Row(server.name, n)
-    if measure_rss:
-        time.sleep(1.0)
-        row.rss_per_conn = (server.ps.memory_info().rss - rss0) / n / 1024
-    return Fleet(server, row, pipes, workers, per, [])
+@dataclass
+class Memory:
+    base_rss: dict[str, int] = field(default_factory=dict)
+    per_conn: dict[tuple[str, int], float] = field(default_factory=dict)
 
 
-def close_fleet(fleet: Fleet) -> None:
-    for a in fleet.pipes:
-        a.send(("close",))
-        a.recv()
-    for p in fleet.workers:
-        p.join(10)
+def idle_memory(exe: Path, s: Server, ns: list[int], token: str, memory: Memory) -> None:
+    """KiB of server RSS per idle subscribed connection, on a server that has carried no
+    traffic yet (freed buffers would hide new allocations): fleets of ns[0], then
+    ns[1] - ns[0], ... subscribers connect one after the other, none closing in between."""
+    fleets: list[Fleet] = []
+    try:
+        rss0, have = s.rss(), 0
+        for n in ns:
+            fleets.append(Fleet(exe, s, n - have, token))
+            have = n
+            time.sleep(1.0)
+            memory.per_conn[(s.name, n)] = (s.rss() - rss0) / n / 1024
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"{LABEL[s.name]}: idle memory not measured: {exc}", file=sys.stderr)
+    finally:
+        for f in fleets:
+            f.close()
+
+
+def rotated(items: list[Any], r: int) -> list[Any]:
+    k = r % len(items) if items else 0
+    return items[k:] + items[:k]
 
 
 def run_all(
-    names: list[str], ns: list[int], msgs: dict[int, int], lat_seconds: float, rounds: int
-) -> list[Row]:
-    """Every server runs for the whole bench (idle ones cost nothing); for each N each gets
-    its throughput phase alone, then the latency phases take turns in ``rounds`` rounds (the
-    order rotating), so that a slow spell of the machine falls on every server alike."""
-    ctx = mp.get_context("spawn")
-    servers = [s for s in (start_server(name) for name in names) if s is not None]
-    rows: list[Row] = []
+    exe: Path, names: list[str], plan: Plan
+) -> tuple[list[Server], dict[Any, Cell], Memory]:
+    """Every server runs for the whole bench (an idle one costs nothing). For each N, a load
+    generator per server connects its subscribers (the RSS per idle connection is taken
+    then); then ``rounds`` rounds, each server in turn (the order rotating) running every
+    mode, so that a slow spell of the machine falls on every server alike."""
+    servers: list[Server] = []
+    memory = Memory()
+    for name in names:
+        try:
+            servers.append(start_server(name))
+        except Unavailable as exc:
+            print(f"{LABEL[name]}: skipped: {exc}", file=sys.stderr, flush=True)
+    cells: dict[tuple[str, int, str], Cell] = {}
+    token = admin_token()
     try:
-        for n in ns:
-            fleets = [connect_fleet(ctx, s, n, n == max(ns)) for s in servers]
-            time.sleep(0.5)
-            for f in fleets:
-                m = msgs[n]
-                results, start, srv_cpu_s = phase(ctx, f, m, 0.0, False, 60.0)
-                row = f.row
-                total = sum(r[0] for r in results)
-                elapsed = (max(r[1] for r in results) - start) / 1e9
-                row.delivered = total / elapsed if elapsed > 0 else 0.0
-                row.lost = m * n - total
-                # CPU seconds over the active window (first send to last receipt).
-                row.server_cpu = srv_cpu_s / elapsed if elapsed > 0 else 0.0
-                row.loadgen_cpu = sum(r[2] for r in results) / elapsed
-            rate = 10_000 / n
-            each = lat_seconds / rounds
-            for r in range(rounds):
-                for f in fleets[r % len(fleets) :] + fleets[: r % len(fleets)]:
-                    results, _, _ = phase(ctx, f, int(rate * each), rate, True, each + 10)
-                    f.samples += [s for res in results for s in res[3]]
-            for f in fleets:
-                f.row.p50, f.row.p90 = pct(f.samples, 0.5), pct(f.samples, 0.9)
-                close_fleet(f)
-                rows.append(f.row)
-                print(
-                    f"  {f.row.server:10} N={n:<5} delivered/s={f.row.delivered:>11,.0f} "
-                    f"lost={f.row.lost} p50={f.row.p50:.2f}ms p90={f.row.p90:.2f}ms",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for s in servers:
+            memory.base_rss[s.name] = s.base_rss
+            idle_memory(exe, s, sorted(plan.ns), token, memory)
+        for n in plan.ns:
+            fleets: list[Fleet] = []
+            try:
+                for s in servers:
+                    if s.proc.poll() is not None:
+                        continue
+                    try:
+                        fleets.append(Fleet(exe, s, n, token))
+                    except (RuntimeError, TimeoutError) as exc:
+                        print(f"{LABEL[s.name]}: N={n} skipped: {exc}", file=sys.stderr)
+                for r in range(plan.rounds):
+                    for f in rotated(list(fleets), r):
+                        for mode in plan.modes:
+                            cmd, timeout = plan.command(mode, n)
+                            try:
+                                res = f.run(cmd, timeout)
+                            except (RuntimeError, TimeoutError, psutil.Error) as exc:
+                                print(
+                                    f"{LABEL[f.server.name]}: N={n} dropped from the run: "
+                                    f"{exc} {f.server.log_tail(300)}",
+                                    file=sys.stderr,
+                                )
+                                f.close()
+                                fleets.remove(f)
+                                break
+                            cell = cells.setdefault(
+                                (f.server.name, n, mode), Cell(f.server.name, n, mode)
+                            )
+                            cell.results.append(res)
+                            flag = ""
+                            if res["lost"] or res["dup"] or res["timed_out"] or res["closed"]:
+                                flag = (
+                                    f"  !! lost={res['lost']} dup={res['dup']} "
+                                    f"timed_out={res['timed_out']} closed={res['closed']}"
+                                )
+                            if res["stale"]:
+                                flag += f"  ({res['stale']} late arrivals of earlier phases)"
+                            if res["other_cores"] > BUSY or max(res["waits"]) > BUSY:
+                                flag += (
+                                    f"  (busy machine: others used {res['other_cores']:.2f} "
+                                    "cores; run-queue waits "
+                                    f"server {res['waits'][0]:.0%} load-gen {res['waits'][1]:.0%})"
+                                )
+                            print(
+                                f"  round {r + 1} {LABEL[f.server.name]:15} N={n:<5} "
+                                f"{mode:6} {res['delivered_per_s']:>11,.0f}/s "
+                                f"p50={res['p50_ms']:.2f} p99={res['p99_ms']:.2f} ms "
+                                f"server {res['server_cpu_s'] / res['wall_s']:.0%} "
+                                f"load-gen {res['lg_cpu']:.0%}{flag}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+            finally:
+                for f in fleets:
+                    f.close()
     finally:
         for s in servers:
             s.stop()
-    return rows
+    return servers, cells, memory
 
 
-def main() -> None:
+def mode_label(mode: str, n: int, plan: Plan) -> str:
+    if mode == "window":
+        return f"window {WINDOW.get(n, 8)}"
+    if mode == "rate":
+        return f"{plan.lat_pubs * n / 1000:g}k/s offered"
+    return "burst"
+
+
+def print_table(servers: list[Server], cells: dict[Any, Cell], memory: Memory, plan: Plan) -> None:
+    names = [s.name for s in servers]
+    cpus = os.cpu_count()
+    pinning = (
+        f"servers pinned to CPU {sorted(SERVER_CPUS)}, load generator to CPU "
+        f"{sorted(LOADGEN_CPUS or [])}"
+        if SERVER_CPUS
+        else "not pinned"
+    )
+    print()
+    print(
+        f"fan-out, ~300-byte messages, {cpus} cores, {pinning}; medians of {plan.rounds} "
+        f"round(s) in rotating order; latency at {plan.lat_pubs:g} publications/s offered"
+    )
+    print()
+    print(
+        "| mode | N | server | delivered/s | × uWS | p50 ms | p99 ms | server µs/delivery "
+        "| server CPU | load-gen CPU | lost/dup | KiB/idle conn | base RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for mode in plan.modes:
+        for n in plan.ns:
+            ref = cells.get(("uws", n, mode))
+            for name in names:
+                c = cells.get((name, n, mode))
+                if c is None:
+                    continue
+                ratio = f"{c.delivered() / ref.delivered():.2f}" if ref and mode != "rate" else "-"
+                kib = memory.per_conn.get((name, n))
+                kib_s = f"{kib:.1f}" if kib is not None else "-"
+                base = memory.base_rss.get(name, 0) / 1e6
+                print(
+                    f"| {mode_label(mode, n, plan)} | {n} | {LABEL[name]} "
+                    f"| {c.delivered():,.0f} | {ratio} | {c.med('p50_ms'):.2f} "
+                    f"| {c.med('p99_ms'):.2f} | {c.us_per_delivery():.2f} "
+                    f"| {c.server_share():.0%} | {c.med('lg_cpu'):.0%} "
+                    f"| {c.total('lost')}/{c.total('dup')} | {kib_s} | {base:.0f} MB |"
+                )
+    summary(names, cells, memory, plan)
+
+
+def summary(names: list[str], cells: dict[Any, Cell], memory: Memory, plan: Plan) -> None:
+    """The issue's compact table and the ratios it asks for."""
+
+    def get(name: str, n: int, mode: str) -> Cell | None:
+        return cells.get((name, n, mode))
+
+    print()
+    lat_n = max(plan.ns)
+    print(
+        f"| server | N = 100 delivered/s (window, burst) | N = 1000 delivered/s (window, burst) "
+        f"| p50 / p99 ms at {plan.lat_pubs * lat_n / 1000:g}k/s, N = {lat_n} "
+        "| KiB per idle conn | base RSS |"
+    )
+    print("|---|---|---|---|---|---|")
+
+    def rate(name: str, n: int) -> str:
+        w, b = get(name, n, "window"), get(name, n, "burst")
+        parts = [f"{c.delivered() / 1000:,.0f}k" if c else "-" for c in (w, b)]
+        return ", ".join(parts)
+
+    for name in names:
+        lat = get(name, lat_n, "rate")
+        kib = [memory.per_conn[(name, n)] for n in plan.ns if (name, n) in memory.per_conn]
+        kib_s = f"{min(kib):.1f}–{max(kib):.1f}" if kib else "-"
+        lat_s = f"{lat.med('p50_ms'):.1f} / {lat.med('p99_ms'):.1f}" if lat else "-"
+        print(
+            f"| {LABEL[name]} | {rate(name, 100)} | {rate(name, 1000)} | {lat_s} | {kib_s} "
+            f"| {memory.base_rss.get(name, 0) / 1e6:.0f} MB |"
+        )
+    print()
+    for n in plan.ns:
+        for mode in plan.modes:
+            sh, uws, node = (get(x, n, mode) for x in ("sessionhub", "uws", "node"))
+            if sh is None:
+                continue
+            parts = [f"N={n} {mode_label(mode, n, plan)}: sessionhub"]
+            if uws and mode != "rate":  # at an offered rate every server keeps up
+                parts.append(f"{sh.delivered() / uws.delivered():.2f}× uWebSockets")
+            if node and mode != "rate":
+                parts.append(f"{sh.delivered() / node.delivered():.2f}× Node ws")
+            cpu = f"server CPU/delivery {sh.us_per_delivery():.2f} µs"
+            if uws:
+                cpu += f" (uWebSockets {uws.us_per_delivery():.2f} µs)"
+            if mode == "rate" and uws:
+                cpu += f"; p99 {sh.med('p99_ms'):.2f} ms vs {uws.med('p99_ms'):.2f} ms"
+            print("; ".join([" ".join([*parts[:1], ", ".join(parts[1:])]).strip(), cpu]))
+    checked = sum(c.total("deliveries") for c in cells.values())
+    lost = sum(c.total("lost") for c in cells.values())
+    dup = sum(c.total("dup") for c in cells.values())
+    late = sum(c.total("stale") for c in cells.values())
+    print(
+        f"deliveries checked (per-subscriber sequence numbers): {checked:,}; "
+        f"lost {lost}, duplicated {dup}"
+        + (
+            f" ({late:,} arrived after their phase had ended: a phase gives up 3 s after its "
+            "last delivery and counts the rest as lost)"
+            if late
+            else ""
+        )
+    )
+    phases = [r for c in cells.values() for r in c.results]
+    busy = [r for r in phases if r["other_cores"] > BUSY or max(r["waits"]) > BUSY]
+    if phases:
+        worst = max(phases, key=lambda r: r["other_cores"])
+        print(
+            f"machine: {len(busy)} of {len(phases)} phases ran while other work used more than "
+            f"{BUSY:.0%} of a core or kept the server or the generator waiting for a CPU more "
+            f"than {BUSY:.0%} of the time (worst: others used {worst['other_cores']:.2f} "
+            "cores)" + ("; not a quiet machine: do not quote these numbers" if busy else "")
+        )
+    uws_lg = [
+        (c.med("lg_cpu"), c.delivered(), c.n, c.mode)
+        for c in cells.values()
+        if c.server == "uws" and c.mode != "rate"
+    ]
+    if uws_lg:
+        top = max(uws_lg)
+        print(
+            f"load generator at uWebSockets' rates: at most {top[0]:.0%} of its core "
+            f"(N={top[2]} {top[3]}, {top[1]:,.0f} deliveries/s); its CPU share is "
+            "100% in the rate phases by design (it polls without sleeping there)"
+        )
+
+
+# -- the generator's own check ---------------------------------------------------------------
+
+
+def check(exe: Path, quick: bool) -> int:
+    """The generator against the trivial C broadcast server: counts and sequence checks
+    exact (also with drops and duplicates injected), latency right (with a delay injected),
+    and its ceiling on this machine."""
+    failures: list[str] = []
+    inconclusive: list[str] = []
+
+    def expect(cond: bool, what: str, timing: dict[str, Any] | None = None) -> None:
+        """A check; one about timing (``timing``: its phase) that fails on a busy machine
+        is inconclusive rather than failed (counts are checked exactly whatever the load)."""
+        note = busy(timing) if timing is not None else ""
+        if not cond and note:
+            print("  ??   " + what + note + " (inconclusive)", flush=True)
+            inconclusive.append(what)
+            return
+        print(("  ok   " if cond else "  FAIL ") + what + note, flush=True)
+        if not cond:
+            failures.append(what)
+
+    out = subprocess.run([str(exe), "selftest"], capture_output=True, check=False)
+    expect(out.returncode == 0, "SHA-1, Sec-WebSocket-Accept (RFC 6455 example), frame masking")
+    seconds = 1.0 if quick else 3.0
+    ceiling: list[str] = []
+    baseline_p99 = 0.0
+    busy_phases: set[int] = set()
+
+    def busy(r: dict[str, Any]) -> str:
+        if r["other_cores"] <= BUSY and max(r["waits"]) <= BUSY:
+            return ""
+        busy_phases.add(id(r))
+        return (
+            f" [busy machine: others used {r['other_cores']:.2f} cores, run-queue waits "
+            f"server {r['waits'][0]:.0%} generator {r['waits'][1]:.0%}]"
+        )
+
+    reports: list[str] = []
+
+    @contextlib.contextmanager
+    def cserver(*extra: str) -> Iterator[Server]:
+        s = start_server("cserver", exe, list(extra))
+        try:
+            yield s
+        finally:
+            reports.append(s.stop())
+
+    print("clean server: counts, sequences, the generator's ceiling")
+    with cserver() as s:
+        for n in (100, 1000):
+            f = Fleet(exe, s, n, "")
+            try:
+                m = 10000 if n == 100 else 1000
+                for cmd in (
+                    f"burst {m} 60",
+                    f"window {WINDOW[n]} {seconds} 60",
+                    f"rate 40 {seconds} 60 1",
+                ):
+                    r = f.run(cmd, 120)
+                    exact = (
+                        r["deliveries"] == r["expected"] == r["published"] * n
+                        and r["lost"] == r["dup"] == r["stale"] == r["bad"] == 0
+                        and r["got_min"] == r["got_max"] == r["published"]
+                        and not r["timed_out"]
+                    )
+                    expect(
+                        exact,
+                        f"N={n} {r['mode']}: {r['deliveries']:,} of {r['expected']:,} "
+                        f"delivered, lost {r['lost']}, dup {r['dup']}{busy(r)}",
+                    )
+                    share = r["lg_cpu"]
+                    srv = r["server_cpu_s"] / r["wall_s"]
+                    if r["mode"] == "rate":
+                        if n == 100:
+                            baseline_p99 = r["p99_ms"]
+                        expect(
+                            0 < r["p50_ms"] < 50 and r["samples"] == r["deliveries"],
+                            f"N={n} rate 40/s: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} "
+                            f"ms over {r['samples']:,} samples",
+                            r,
+                        )
+                    else:
+                        ceiling.append(
+                            f"N={n} {r['mode']:6}: {r['delivered_per_s']:>12,.0f} deliveries/s "
+                            f"with the generator at {share:.0%} of a core and the server at "
+                            f"{srv:.0%} (≈ {r['delivered_per_s'] / max(share, 1e-9):,.0f}/s "
+                            "per generator core-second)"
+                        )
+            finally:
+                f.close()
+
+    print("a 5 ms delay injected: the latency measured must show it")
+    with cserver("--delay-us", "5000") as s:
+        f = Fleet(exe, s, 100, "")
+        try:
+            r = f.run(f"rate 40 {seconds} 60 1", 120)
+        finally:
+            f.close()
+        # Nothing may arrive before the delay, and the middle of the distribution moves by
+        # it: p50 at most 5 ms + the clean run's p99.
+        expect(
+            r["min_ms"] >= 5.0 and 5.0 <= r["p50_ms"] <= 5.0 + max(1.0, baseline_p99),
+            f"min {r['min_ms']:.3f} ms, p50 {r['p50_ms']:.3f} ms (5 ms + at most the clean "
+            f"p99 of {baseline_p99:.3f} ms)",
+            r,
+        )
+
+    print("drops and duplicates injected: the generator must count exactly those")
+    lost = dup = 0
+    with cserver("--drop-every", "97", "--dup-every", "89") as s:
+        f = Fleet(exe, s, 100, "")
+        try:
+            for cmd in ("burst 5000 60", f"rate 200 {seconds} 60 1"):
+                r = f.run(cmd, 120)
+                lost += r["lost"]
+                dup += r["dup"]
+        finally:
+            f.close()
+    report: dict[str, Any] = {}
+    for line in reports[-1].splitlines():
+        if line.startswith("{"):
+            report = orjson.loads(line)
+    expect(
+        report.get("dropped") == lost and report.get("duplicated") == dup and lost > 0 and dup > 0,
+        f"server injected {report.get('dropped')} drops and {report.get('duplicated')} "
+        f"duplicates; the generator counted {lost} lost and {dup} duplicated",
+    )
+    print()
+    print("the generator's ceiling on this machine (trivial C server on CPU 0, generator on 1):")
+    for line in ceiling:
+        print("  " + line)
+    if busy_phases:
+        print(f"  ({len(busy_phases)} phases ran on a busy machine: the ceiling above is a floor)")
+    print()
+    verdict = "all passed" if not failures else f"{len(failures)} FAILED"
+    if inconclusive:
+        verdict += f", {len(inconclusive)} timing checks inconclusive (busy machine: run again)"
+    print("check: " + verdict)
+    return 1 if failures else 0
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    global SERVER_CPUS, LOADGEN_CPUS
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="short phases, one round (a smoke run)")
+    ap.add_argument("--check", action="store_true", help="check the load generator and exit")
     ap.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=(os.cpu_count() or 1) >= 2,
         help="servers on CPU 0, load generator on the others (default on with 2+ CPUs)",
     )
-    ap.add_argument("--servers", default="sessionhub,websockets,node")
+    ap.add_argument("--servers", default=",".join(ALL_SERVERS))
+    ap.add_argument("--ns", default="100,1000", help="subscriber counts")
+    ap.add_argument("--modes", default="burst,window,rate")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, --quick 1)")
+    ap.add_argument("--seconds", type=float, default=None, help="window/rate phase length")
     ap.add_argument(
-        "--rounds", type=int, default=5, help="latency phases per server, taken in turns"
+        "--lat-pubs",
+        type=float,
+        default=40.0,
+        help="publications/s offered in the rate phase (40: 40,000 deliveries/s at N=1000)",
     )
+    ap.add_argument("--json", help="also write every result to this file")
     args = ap.parse_args()
+
     cpus = sorted(os.sched_getaffinity(0))
     if args.pin and len(cpus) >= 2:
-        # Inherited by the spawned subscriber and publisher processes.
-        os.environ[PIN_ENV] = ",".join(str(c) for c in cpus if c != 0) or "0"
-    ns = [100, 1000]
-    msgs = {100: 3000, 1000: 400} if args.quick else {100: 10000, 1000: 1500}
-    lat_seconds = 3.0 if args.quick else 10.0
-    rows = run_all(args.servers.split(","), ns, msgs, lat_seconds, args.rounds)
-    node = {r.n: r for r in rows if r.server == "node"}
-    print()
-    print(
-        f"fan-out, ~300-byte messages, {os.cpu_count()} cores"
-        + (
-            "; servers pinned to CPU 0, load generator to the rest"
-            if os.environ.get(PIN_ENV)
-            else ""
+        SERVER_CPUS = {cpus[0]}
+        LOADGEN_CPUS = set(cpus[1:])
+        os.sched_setaffinity(0, LOADGEN_CPUS)  # the bench itself stays off the servers' CPU
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so every child is stopped on the way out.
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started in the background (SIGINT ignored)
+
+    with tempfile.TemporaryDirectory(prefix="bench-loadgen-") as tmp:
+        exe = compile_loadgen(Path(tmp))
+        if args.check:
+            return check(exe, args.quick)
+        plan = Plan(
+            ns=[int(x) for x in args.ns.split(",")],
+            modes=args.modes.split(","),
+            burst={100: 3000, 1000: 300} if args.quick else {100: 10000, 1000: 1000},
+            seconds=args.seconds or (1.5 if args.quick else 5.0),
+            lat_pubs=args.lat_pubs,
+            rounds=args.rounds or (1 if args.quick else 3),
         )
-        + "; latency at 10,000 deliveries/s offered"
-    )
-    print(
-        "| server | N | delivered msg/s | × Node ws | lost | server CPU | load-gen CPU "
-        "| p50 ms | × Node p50 | p90 ms | RSS/idle conn |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        ref = node.get(r.n)
-        ratio = f"{r.delivered / ref.delivered:.2f}" if ref and ref.delivered else "-"
-        pratio = f"{r.p50 / ref.p50:.2f}" if ref and ref.p50 else "-"
-        rss = f"{r.rss_per_conn:.1f} KiB" if r.rss_per_conn is not None else ""
-        print(
-            f"| {r.server} | {r.n} | {r.delivered:,.0f} | {ratio} | {r.lost} | {r.server_cpu:.0%} "
-            f"| {r.loadgen_cpu:.0%} | {r.p50:.2f} | {pratio} | {r.p90:.2f} | {rss} |"
-        )
+        for n in plan.ns:
+            plan.burst.setdefault(n, max(100, 1_000_000 // n))
+        names = [x for x in args.servers.split(",") if x]
+        started = time.monotonic()
+        servers, cells, memory = run_all(exe, names, plan)
+        print_table(servers, cells, memory, plan)
+        print(f"\n(bench took {time.monotonic() - started:.0f} s)")
+        if args.json:
+            Path(args.json).write_text(
+                orjson.dumps(
+                    {
+                        "cpus": os.cpu_count(),
+                        "server_cpus": sorted(SERVER_CPUS or []),
+                        "loadgen_cpus": sorted(LOADGEN_CPUS or []),
+                        "base_rss": memory.base_rss,
+                        "kib_per_idle_conn": {
+                            f"{k[0]}/{k[1]}": v for k, v in memory.per_conn.items()
+                        },
+                        "results": [
+                            {"server": c.server, "n": c.n, "mode": c.mode, "rounds": c.results}
+                            for c in cells.values()
+                        ],
+                    },
+                    option=orjson.OPT_INDENT_2,
+                ).decode()
+            )
+    return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_serve":
-        if sys.argv[2] == "sessionhub":
-            serve_sessionhub(int(sys.argv[3]), sys.argv[4])
+        if sys.argv[2] == "picows":
+            serve_picows(int(sys.argv[3]))
         else:
             serve_websockets(int(sys.argv[3]))
     else:
-        main()
+        try:
+            sys.exit(main())
+        except KeyboardInterrupt:
+            print("interrupted: servers and load generators stopped", file=sys.stderr)
+            sys.exit(130)

@@ -5,7 +5,11 @@ generator *processes* (keep-alive HTTP/1.1, ``--concurrency`` requests in flight
 in the same run and under the same load generator, it measures a peer: a minimal plain
 FastAPI/uvicorn app that does one ``UPDATE`` of one row per request on the same database
 (same driver, same SQLite durability settings). That is the floor of "one durable write per
-request"; the ratio column says how sessionhub compares with it.
+request"; the ratio column says how sessionhub compares with it. A second peer is the
+framework's ceiling: a FastAPI ``PATCH /api/sessions/{id}`` route that takes the same JSON body
+as sessionhub's and returns ``{}``, on the same uvicorn configuration as ``sessionhub serve``
+(``sessionhub.server.serving.uvicorn_config``), so ``changes (PATCH)`` can be compared with
+what FastAPI and uvicorn can do at all on this machine.
 
 A sessionhub transition is one durable change: read the session, compare-and-set the row,
 append its event (one transaction), publish. A heartbeat is coalesced in memory and written
@@ -13,6 +17,16 @@ in batches by the scheduler, so it costs no write per request.
 
     .venv/bin/python bench/rest.py [--duration 5] [--concurrency 32] [--processes 2]
                                    [--postgres-url postgresql+asyncpg://...] [--no-postgres]
+                                   [--load python,wrk] [--wrk-connections 32]
+                                   [--wrk-sessions 300]
+
+``--load wrk`` (on by default when ``wrk`` is installed: ``apt-get install -y wrk``) measures
+with Debian's ``wrk`` instead of Python load generators: the server pinned to CPU 0, ``wrk``
+(one thread, 32 connections) to CPU 1, a Lua script generated in a temporary directory that
+cycles through 300 sessions. It reports req/s, p50 and p99 of ``PATCH /api/sessions/{id}``,
+of the FastAPI ceiling and of the bare-UPDATE peer, their ratios, the share of non-2xx
+answers (409s), and sessionhub's p99 at an offered rate of half its own maximum (wrk's
+``delay()`` paces each connection).
 """
 
 from __future__ import annotations
@@ -23,13 +37,14 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -37,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict
 
 SECRET = "bench-secret-0123456789abcdef0123456789"
 PEER_ROWS = 1000
@@ -104,6 +120,45 @@ def peer_app(database_url: str) -> Any:
     return app
 
 
+class CeilingBody(BaseModel):
+    """The body of sessionhub's PATCH /api/sessions/{id}: attributes and/or metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+    attributes: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def ceiling_app() -> Any:
+    """The framework's ceiling: FastAPI validating sessionhub's PATCH body, answering ``{}``."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.patch("/api/sessions/{session_id}")
+    async def patch(session_id: str, body: CeilingBody) -> dict[str, Any]:
+        return {}
+
+    @app.get("/api/ready")
+    async def ready() -> dict[str, Any]:
+        return {}
+
+    @app.post("/api/sessions")
+    async def create() -> dict[str, str]:  # so the load generators can make "sessions"
+        return {"id": f"s{random.randrange(1 << 30)}"}
+
+    return app
+
+
+def serve_ceiling(port: int) -> None:
+    import uvicorn
+
+    from sessionhub.server.serving import uvicorn_config
+    from sessionhub.settings import Settings
+
+    settings = Settings(host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(ceiling_app(), settings)).run()
+
+
 def serve_peer(database_url: str, port: int) -> None:
     import uvicorn
 
@@ -122,13 +177,33 @@ def free_port() -> int:
         return port
 
 
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A preexec_fn pinning the child (and every thread it starts) to ``cpus``."""
+    if not cpus:
+        return None
+
+    def setup() -> None:
+        os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 class Proc:
-    def __init__(self, argv: list[str], env: dict[str, str], ready_path: str, log: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        ready_path: str,
+        log: Path,
+        cpus: set[int] | None = None,
+    ) -> None:
         self.port = int(argv[argv.index("--port") + 1])
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log.open("wb")
         self.log_path = log
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=pinned(cpus)
+        )
         end = time.monotonic() + 30
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -153,7 +228,9 @@ class Proc:
         self._log.close()
 
 
-def start_sessionhub(data_dir: Path, database_url: str | None, log_level: str) -> Proc:
+def start_sessionhub(
+    data_dir: Path, database_url: str | None, log_level: str, cpus: set[int] | None = None
+) -> Proc:
     env = {
         **os.environ,
         "SESSIONHUB_JWT_SECRET": SECRET,
@@ -163,12 +240,17 @@ def start_sessionhub(data_dir: Path, database_url: str | None, log_level: str) -
     if database_url:
         env["SESSIONHUB_DATABASE_URL"] = database_url
     argv = [sys.executable, "-m", "sessionhub.cli", "serve", "--port", str(free_port())]
-    return Proc(argv, env, "/api/ready", data_dir / "server.log")
+    return Proc(argv, env, "/api/ready", data_dir / "server.log", cpus)
 
 
-def start_peer(data_dir: Path, database_url: str) -> Proc:
+def start_peer(data_dir: Path, database_url: str, cpus: set[int] | None = None) -> Proc:
     argv = [sys.executable, __file__, "--serve-peer", database_url, "--port", str(free_port())]
-    return Proc(argv, dict(os.environ), "/ready", data_dir / "peer.log")
+    return Proc(argv, dict(os.environ), "/ready", data_dir / "peer.log", cpus)
+
+
+def start_ceiling(data_dir: Path, cpus: set[int] | None = None) -> Proc:
+    argv = [sys.executable, __file__, "--serve-ceiling", "--port", str(free_port())]
+    return Proc(argv, dict(os.environ), "/api/ready", data_dir / "ceiling.log", cpus)
 
 
 # -- load generator processes ----------------------------------------------------------------
@@ -248,7 +330,7 @@ async def _phase(
             RawClient(base, headers) if client == "raw" else HttpxClient(c) for _ in range(tasks)
         ]
         live: list[str] = []
-        if what == "heartbeat":  # one live session per task, created before the clock starts
+        if what in ("heartbeat", "patch"):  # a session per task, made before the clock starts
             for _ in range(tasks):
                 r = await c.post("/api/sessions", json={"kind": "generic"})
                 live.append(r.json()["id"])
@@ -270,6 +352,10 @@ async def _phase(
                     status, body = await http.request("POST", f"/api/sessions/{sid}/actions/end")
                 elif what == "heartbeat":
                     status, body = await http.request("POST", f"/api/sessions/{live[i]}/heartbeat")
+                elif what == "patch":
+                    n = res.count + res.errors
+                    patch = b'{"attributes":{"label":"bench-%d"}}' % n
+                    status, body = await http.request("PATCH", f"/api/sessions/{live[i]}", patch)
                 else:
                     status, body = await http.request("POST", f"/write/{rng.randrange(PEER_ROWS)}")
                 res.latencies.append(time.perf_counter() - t0)
@@ -400,6 +486,7 @@ def bench_backend(
         load.run("create", args.duration)  # sessions for the transition phase (warms up too)
         rows.append(Row(name, "transitions", load.run("transition", args.duration)))
         rows.append(Row(name, "heartbeats", load.run("heartbeat", args.duration)))
+        rows.append(Row(name, "changes (PATCH)", load.run("patch", args.duration)))
     finally:
         load.close()
         server.stop()
@@ -415,7 +502,240 @@ def bench_backend(
     finally:
         load.close()
         peer.stop()
+
+    ceiling = start_ceiling(data)
+    load = Load(ceiling.url, {}, args.processes, args.concurrency, args.client)
+    try:
+        load.run("patch", min(1.0, args.duration))  # warm-up
+        rows.append(Row(name, "ceiling: FastAPI PATCH {}", load.run("patch", args.duration)))
+    finally:
+        load.close()
+        ceiling.stop()
     return rows
+
+
+# -- wrk: the server on CPU 0, Debian's wrk on CPU 1 --------------------------------------------
+
+WRK_LUA = r"""
+local ids = {@IDS@}
+local token = "@TOKEN@"
+local method, prefix = "@METHOD@", "@PREFIX@"
+local pace_ms = @PACE@
+-- Globals: the main state reads each thread's statuses with thread:get().
+counter, statuses, threads = 0, {}, {}
+
+function setup(thread) table.insert(threads, thread) end
+function init(args) counter = 0; statuses = {} end
+
+function request()
+  counter = counter + 1
+  local id = ids[(counter % #ids) + 1]
+  local body = '{"attributes":{"label":"wrk-' .. counter .. '"}}'
+  local headers = {["Content-Type"] = "application/json"}
+  if token ~= "" then headers["Authorization"] = "Bearer " .. token end
+  return wrk.format(method, prefix .. id, headers, body)
+end
+
+if pace_ms > 0 then
+  function delay() return pace_ms end
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local merged, parts = {}, {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses") or {}) do merged[k] = (merged[k] or 0) + v end
+  end
+  for k, v in pairs(merged) do parts[#parts + 1] = '"' .. k .. '":' .. v end
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
+    '"max_us":%d,"socket_errors":%d,"statuses":{%s}}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    table.concat(parts, ",")))
+end
+"""
+
+
+@dataclass
+class WrkRow:
+    backend: str
+    what: str
+    result: dict[str, Any]
+    offered: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        seconds = self.result["duration_us"] / 1e6
+        return self.result["requests"] / seconds if seconds else 0.0
+
+    @property
+    def non2xx(self) -> float:
+        """Share of the answers that were not 2xx."""
+        statuses = {int(k): v for k, v in self.result["statuses"].items()}
+        total = sum(statuses.values())
+        bad = sum(v for k, v in statuses.items() if not 200 <= k < 300)
+        return bad / total if total else 0.0
+
+    def codes(self) -> str:
+        return ", ".join(
+            f"{k}: {v}" for k, v in sorted(self.result["statuses"].items()) if k[0] != "2"
+        )
+
+
+def run_wrk(
+    url: str,
+    tmp: Path,
+    ids: list[str],
+    method: str,
+    prefix: str,
+    args: argparse.Namespace,
+    *,
+    token: str = "",
+    pace_ms: int = 0,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """One wrk run (one thread, ``--wrk-connections`` connections, pinned to CPU 1)."""
+    script = tmp / f"wrk-{time.monotonic_ns()}.lua"
+    lua = (
+        WRK_LUA.replace("@IDS@", ",".join(json.dumps(i) for i in ids))
+        .replace("@TOKEN@", token)
+        .replace("@METHOD@", method)
+        .replace("@PREFIX@", prefix)
+        .replace("@PACE@", str(pace_ms))
+    )
+    script.write_text(lua)
+    cmd = ["wrk", "-t1", f"-c{args.wrk_connections}", f"-d{seconds or args.duration:g}s"]
+    cmd += ["--timeout", "10s", "-s", str(script), url]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=(seconds or args.duration) + 60,
+        preexec_fn=pinned(WRK_CPUS),
+        check=False,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            result: dict[str, Any] = json.loads(line[8:])
+            return result
+    raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout[-500:]}")
+
+
+SERVER_CPUS: set[int] | None = None
+WRK_CPUS: set[int] | None = None
+
+
+def bench_wrk(
+    name: str, database_url: str | None, args: argparse.Namespace, tmp: Path
+) -> list[WrkRow]:
+    from sessionhub.auth import Authenticator
+
+    rows: list[WrkRow] = []
+    data = tmp / f"wrk-{name}"
+    data.mkdir()
+    if database_url and not database_url.startswith("sqlite"):
+        asyncio.run(_reset_postgres(database_url))
+    token = Authenticator(secret=SECRET).issue("bench")
+    server = start_sessionhub(data, database_url, args.log_level, SERVER_CPUS)
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as c:
+            ids = [
+                c.post("/api/sessions", json={"kind": "generic"}).json()["id"]
+                for _ in range(args.wrk_sessions)
+            ]
+        patch = "PATCH", "/api/sessions/"
+        run_wrk(server.url, tmp, ids, *patch, args, token=token, seconds=1)  # warm-up
+        full = WrkRow(
+            name,
+            "PATCH /api/sessions/{id}",
+            run_wrk(server.url, tmp, ids, *patch, args, token=token),
+        )
+        rows.append(full)
+        time.sleep(3.0)  # let whatever the changes set off (events, consumers) settle
+        # Half the rate it just managed: each connection waits between its requests.
+        half = full.rate / 2
+        pace = max(1, round(args.wrk_connections * 1000 / half)) if half else 1000
+        paced = run_wrk(server.url, tmp, ids, *patch, args, token=token, pace_ms=pace)
+        rows.append(WrkRow(name, "PATCH, half that rate offered", paced, offered=half))
+    finally:
+        server.stop()
+
+    ceiling = start_ceiling(data, SERVER_CPUS)
+    try:
+        run_wrk(ceiling.url, tmp, ids, "PATCH", "/api/sessions/", args, seconds=1)
+        result = run_wrk(ceiling.url, tmp, ids, "PATCH", "/api/sessions/", args)
+        rows.append(WrkRow(name, "ceiling: FastAPI PATCH {}", result))
+    finally:
+        ceiling.stop()
+
+    peer_url = database_url or f"sqlite+aiosqlite:///{data / 'peer.db'}"
+    if not peer_url.startswith("sqlite"):
+        asyncio.run(_reset_postgres(peer_url))
+    peer = start_peer(data, peer_url, SERVER_CPUS)
+    try:
+        rows_ids = [str(random.randrange(PEER_ROWS)) for _ in range(args.wrk_sessions)]
+        run_wrk(peer.url, tmp, rows_ids, "POST", "/write/", args, seconds=1)
+        result = run_wrk(peer.url, tmp, rows_ids, "POST", "/write/", args)
+        rows.append(WrkRow(name, "peer: 1 UPDATE/request", result))
+    finally:
+        peer.stop()
+    return rows
+
+
+def print_wrk(rows: list[WrkRow], backends: list[str], args: argparse.Namespace) -> None:
+    print()
+    pin = (
+        f"server on CPU {sorted(SERVER_CPUS)}, wrk on CPU {sorted(WRK_CPUS or [])}"
+        if SERVER_CPUS
+        else "not pinned (fewer than 2 CPUs)"
+    )
+    print(
+        f"wrk (Debian's), 1 thread, {args.wrk_connections} connections, {pin}, "
+        f"{args.wrk_sessions} sessions, {args.duration:g} s each, {os.cpu_count()} CPU cores, "
+        f"sessionhub log level {args.log_level}"
+    )
+    print()
+    print("| backend | operation | req/s | p50 ms | p99 ms | non-2xx | × ceiling | × UPDATE peer |")
+    print("|---|---|---|---|---|---|---|---|")
+    for b in backends:
+        mine = [r for r in rows if r.backend == b]
+        ceiling = next((r for r in mine if r.what.startswith("ceiling")), None)
+        peer = next((r for r in mine if r.what.startswith("peer")), None)
+        for r in mine:
+            what = r.what + (f" ({r.offered:,.0f}/s)" if r.offered else "")
+            xc = f"{r.rate / ceiling.rate:.2f}" if ceiling and ceiling.rate else "-"
+            xp = f"{r.rate / peer.rate:.2f}" if peer and peer.rate else "-"
+            codes = f"{r.non2xx:.1%}" + (f" ({r.codes()})" if r.codes() else "")
+            print(
+                f"| {b} | {what} | {r.rate:,.0f} | {r.result['p50_us'] / 1000:.1f} "
+                f"| {r.result['p99_us'] / 1000:.1f} | {codes} | {xc} | {xp} |"
+            )
+    print()
+    for b in backends:
+        by_what = {r.what: r for r in rows if r.backend == b}
+        full = by_what.get("PATCH /api/sessions/{id}")
+        half = by_what.get("PATCH, half that rate offered")
+        ceiling = by_what.get("ceiling: FastAPI PATCH {}")
+        peer = by_what.get("peer: 1 UPDATE/request")
+        if not (full and ceiling and peer):
+            continue
+        line = (
+            f"{b}: PATCH at {full.rate / ceiling.rate:.2f}× the FastAPI ceiling "
+            f"({full.rate:,.0f} vs {ceiling.rate:,.0f} req/s; issue target ≥ 0.5× on SQLite), "
+            f"{full.rate / peer.rate:.2f}× the bare-UPDATE peer (target ≥ 1.0× on PostgreSQL)"
+        )
+        if half:
+            line += (
+                f"; p99 {half.result['p99_us'] / 1000:.1f} ms at {half.rate:,.0f} req/s "
+                "(half its rate; target ≤ 20 ms)"
+            )
+        print(line)
 
 
 def main() -> int:
@@ -432,12 +752,33 @@ def main() -> int:
         default="raw",
         help="load generator HTTP client (default: a minimal keep-alive HTTP/1.1 client)",
     )
+    p.add_argument(
+        "--load",
+        default="python,wrk",
+        help="python (the load generator processes), wrk (Debian's wrk, pinned), or both",
+    )
+    p.add_argument("--wrk-connections", type=int, default=32)
+    p.add_argument("--wrk-sessions", type=int, default=300, help="sessions wrk cycles through")
     p.add_argument("--serve-peer", help=argparse.SUPPRESS)
+    p.add_argument("--serve-ceiling", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_peer:
         serve_peer(args.serve_peer, args.port)
         return 0
+    if args.serve_ceiling:
+        serve_ceiling(args.port)
+        return 0
+    global SERVER_CPUS, WRK_CPUS
+    loads = set(args.load.split(","))
+    if "wrk" in loads and shutil.which("wrk") is None:
+        print(
+            "wrk not installed (apt-get install -y wrk): the wrk runs are skipped", file=sys.stderr
+        )
+        loads.discard("wrk")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        SERVER_CPUS, WRK_CPUS = {cpus[0]}, {cpus[1]}
 
     backends: list[tuple[str, str | None]] = [("sqlite", None)]
     if not args.no_postgres:
@@ -448,10 +789,19 @@ def main() -> int:
             print(f"PostgreSQL skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
 
     rows: list[Row] = []
+    wrk_rows: list[WrkRow] = []
     with tempfile.TemporaryDirectory(prefix="sessionhub-bench-") as tmp:
         for name, url in backends:
-            print(f"measuring {name} ...", file=sys.stderr, flush=True)
-            rows += bench_backend(name, url, args, Path(tmp))
+            if "python" in loads:
+                print(f"measuring {name} ...", file=sys.stderr, flush=True)
+                rows += bench_backend(name, url, args, Path(tmp))
+            if "wrk" in loads:
+                print(f"measuring {name} with wrk ...", file=sys.stderr, flush=True)
+                wrk_rows += bench_wrk(name, url, args, Path(tmp))
+    if wrk_rows:
+        print_wrk(wrk_rows, [b for b, _ in backends], args)
+    if not rows:
+        return 0
 
     print()
     print(
@@ -461,22 +811,28 @@ def main() -> int:
         f"{args.duration:g} s each, log level {args.log_level}"
     )
     print()
-    header = f"{'backend':<11} {'operation':<24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs peer':>8}"
+    header = (
+        f"{'backend':<11} {'operation':<26} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>7} {'vs peer':>8} {'vs ceiling':>10}"
+    )
     print(header)
     print("-" * len(header))
     for name, _ in backends:
         mine = [r for r in rows if r.backend == name]
         peer = next(r for r in mine if r.what.startswith("peer"))
+        ceiling = next(r for r in mine if r.what.startswith("ceiling"))
         for r in mine:
             ratio = r.rate / peer.rate if peer.rate else 0.0
+            xc = r.rate / ceiling.rate if ceiling.rate else 0.0
             print(
-                f"{r.backend:<11} {r.what:<24} {r.rate:>9.0f} {r.pct(0.5):>8.1f} "
-                f"{r.pct(0.99):>8.1f} {r.result.errors:>7} {ratio:>7.2f}x"
+                f"{r.backend:<11} {r.what:<26} {r.rate:>9.0f} {r.pct(0.5):>8.1f} "
+                f"{r.pct(0.99):>8.1f} {r.result.errors:>7} {ratio:>7.2f}x {xc:>9.2f}x"
             )
     print()
     print(
         "vs peer = rate / the peer's rate on the same backend, measured in this run "
-        "(1.00x = as fast as one bare UPDATE per request)."
+        "(1.00x = as fast as one bare UPDATE per request); vs ceiling = rate / that of a "
+        "FastAPI PATCH route returning {} on the same uvicorn configuration."
     )
     if any(r.result.errors for r in rows):
         return 1
