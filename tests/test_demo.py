@@ -1,5 +1,5 @@
-"""``sessionhub demo``: it starts, prints a sign-in link, every kind moves, and Ctrl-C stops
-it cleanly."""
+"""``sessionhub demo``: it starts, prints a sign-in link, every kind moves (a room among them,
+with players moving in it), and Ctrl-C stops it cleanly."""
 
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ async def test_the_demo_moves_every_kind_and_stops_on_ctrl_c() -> None:
                     "workspace": "workspace" in by_kind,
                     "imaging": any(s["kind"] == "imaging" and s["version"] > 3 for s in items),
                     "generic": seen["generic"] >= 2,
+                    # Players present with their handles, and what they send counted.
+                    "room": any(
+                        s["kind"] == "room"
+                        and s["attributes"].get("players", 0) >= 2
+                        and len(s["attributes"].get("handles") or []) >= 2
+                        and s["counters"].get("messages", 0) > 0
+                        for s in items
+                    ),
                 }
                 if all(moved.values()):
                     break

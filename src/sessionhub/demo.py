@@ -4,8 +4,10 @@ One command, one process, one event loop: the server (as ``sessionhub serve`` ru
 NINA simulator playing nights at high speed (the imaging kind), and scripted users over the
 public API - a remote-access request waiting for approval and a supervised one running
 commands, a screen share sending moving frames, a workspace chatting, generic sessions that
-come and go, and (when rooms are built in) a room with players. It prints the dashboard's
-sign-in link and stops cleanly on Ctrl-C (SIGINT/SIGTERM), deleting its temporary data.
+come and go, and a room with players (``@handles`` on ``/room/<slug>``, speaking Aesthetic
+Computer's protocol, moving in a world, one of them leaving and coming back now and then).
+It prints the dashboard's sign-in link and stops cleanly on Ctrl-C (SIGINT/SIGTERM),
+deleting its temporary data.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
@@ -25,12 +28,22 @@ import zlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 log = logging.getLogger("sessionhub.demo")
 
 RIG = "demo-rig"
+#: The demo's room, its players and how often each moves (a second's worth of moves is tiny).
+ROOM = "plaza"
+PLAYERS = ("@ada", "@basho", "@cleo")
+MOVES_PER_SECOND = 3.0
+#: Seconds between guider polls: often enough that the RMS chart fills at the night's speed.
+GUIDER_POLL = 1.0
 #: Frames of the demo screen share: small, so the demo costs little.
 FRAME_SIZE = (320, 180)
 
@@ -158,6 +171,49 @@ class Script:
                 await self.http.post(f"/api/sessions/{ws['id']}/activity", headers=h)
             await self.sleep(10)
 
+    async def room(self) -> None:
+        """A room with players: each on ``/room/<slug>`` with its ``@handle``, in the world
+        ``field``, moving a few times a second; the last one leaves now and then and comes
+        back (a new connection, as a reloaded tab would)."""
+        await asyncio.gather(
+            *(
+                self.player(handle, n, roams=n == len(PLAYERS) - 1)
+                for n, handle in enumerate(PLAYERS)
+            )
+        )
+
+    async def player(self, handle: str, n: int, *, roams: bool) -> None:
+        """One player's tab, in Aesthetic Computer's protocol (``session.mjs``)."""
+        from websockets.asyncio.client import connect
+
+        rng = random.Random(n)
+        x, y = rng.randrange(8, 56), rng.randrange(8, 56)
+        url = f"{self.ws_base}/room/{ROOM}"
+        loop = asyncio.get_running_loop()
+
+        def message(type_: str, content: object) -> str:
+            return json.dumps({"type": type_, "content": content})
+
+        while True:
+            async with connect(url, max_size=1 << 20) as ws:
+                # What the others send is read and dropped: a player that never reads would
+                # be a slow reader, and the relay closes those.
+                reading = asyncio.create_task(_drain(ws))
+                try:
+                    await ws.send(message("location:broadcast", {"handle": handle, "slug": ROOM}))
+                    pos = {"x": x, "y": y}
+                    await ws.send(message("world:field:join", {"handle": handle, "pos": pos}))
+                    stay = rng.uniform(20, 40) * self.pace if roams else math.inf
+                    until = loop.time() + stay
+                    while loop.time() < until:
+                        x = min(63, max(0, x + rng.choice((-1, 0, 1))))
+                        y = min(63, max(0, y + rng.choice((-1, 0, 1))))
+                        await ws.send(message("world:field:move", {"pos": {"x": x, "y": y}}))
+                        await asyncio.sleep(1 / MOVES_PER_SECOND)
+                finally:
+                    reading.cancel()
+            await self.sleep(rng.uniform(5, 10))  # away for a moment
+
     async def generic(self) -> None:
         """Short generic sessions coming and going (the live counts move)."""
         h = self.headers("frank")
@@ -174,6 +230,13 @@ class Script:
             for sid in live:
                 await self.http.post(f"/api/sessions/{sid}/heartbeat", headers=h)
             await self.sleep(2)
+
+
+async def _drain(ws: ClientConnection) -> None:
+    """Read and drop what a socket receives, until it closes."""
+    with contextlib.suppress(Exception):
+        async for _ in ws:
+            pass
 
 
 async def _forever(name: str, act: Callable[[], Awaitable[None]]) -> None:
@@ -203,7 +266,13 @@ async def run(port: int, *, speed: float, pace: float, data_dir: Path) -> None:
     settings = Settings.from_env(
         {}, port=port, data_dir=data_dir, log_level="warning", sweep_interval=1.0
     )
-    settings.extra.update({"nina_url": f"{RIG}={sim.url}", "nina_timezone": "UTC"})
+    settings.extra.update(
+        {
+            "nina_url": f"{RIG}={sim.url}",
+            "nina_timezone": "UTC",
+            "nina_guider_poll_interval": GUIDER_POLL,
+        }
+    )
     runtime = build_runtime(settings)
     app = create_app(settings, runtime=runtime)
     server = uvicorn.Server(uvicorn_config(app, settings))
@@ -230,6 +299,7 @@ async def run(port: int, *, speed: float, pace: float, data_dir: Path) -> None:
         "screen share": script.screen_share,
         "workspace": script.workspace,
         "generic": script.generic,
+        "room": script.room,
     }
 
     async def nights() -> None:

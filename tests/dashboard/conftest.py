@@ -62,10 +62,12 @@ class Server:
     """A live server in a thread. ``port`` 0 picks a free one; a stopped server's port and
     data directory can be given to a new one: that is a restart."""
 
-    def __init__(self, data_dir: Path, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, **extra: Any) -> None:
         self.settings = Settings(
             data_dir=data_dir, jwt_secret=SECRET, sweep_interval=3600.0, port=port
         )
+        # Settings.extra: the connectors' and relays' own (``nina_url``, ``rooms_...``).
+        self.settings.extra.update(extra)
         self.runtime: Runtime = build_runtime(self.settings)
         self.app = create_app(runtime=self.runtime)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -155,9 +157,14 @@ class Tab:
     def go(self, route: str) -> None:
         self.page.evaluate("route => { location.hash = route; }", route)
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, selector: str | None = None) -> None:
+        """The whole page (or only ``selector``) into ``artifacts/<name>.png``."""
         ARTIFACTS.mkdir(exist_ok=True)
-        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        path = str(ARTIFACTS / f"{name}.png")
+        if selector is None:
+            self.page.screenshot(path=path, full_page=True)
+        else:
+            self.page.locator(selector).screenshot(path=path)
 
     def check(self, allow: tuple[str, ...] = ()) -> None:
         origin = urlsplit(self.server.url).netloc

@@ -98,7 +98,7 @@ export class SessionView {
     const again = Boolean(this.parts);
     this.render();
     // After a gap the panel's own reads (commands, chat) may be stale as well.
-    if (again) this.panel?.reload?.();
+    if (again) this.panel?.reload?.(this.events);
   }
 
   _event(event) {
@@ -196,7 +196,7 @@ export class SessionView {
       timeline: h('ol', { class: 'timeline' }),
     };
     const make = panelFor(s.kind);
-    this.panel = make ? make({ app: this.app, session: s }) : null;
+    this.panel = make ? make({ app: this.app, session: s, events: this.events }) : null;
     const p = this.parts;
     show(this.body,
       p.headline,
