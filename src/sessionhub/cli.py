@@ -78,8 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level)
     # Connect and migrate once before serving, so a bad database URL or an unreachable
-    # server is one clear line here instead of a traceback from the ASGI lifespan.
-    asyncio.run(_check_store(settings))
+    # server is one clear line here instead of a traceback from the ASGI lifespan. In a
+    # child process: Alembic then never enters the server's memory (the server itself
+    # finds the database at the head and skips it).
+    _migrate_in_child(settings)
     runtime = build_runtime(settings)
     app = create_app(settings, runtime=runtime)
     url = settings.resolved_public_url()
@@ -103,6 +105,22 @@ async def _check_store(settings: Settings) -> None:
     from .backends import migrate
 
     await migrate(settings)
+
+
+def _migrate_in_child(settings: Settings) -> None:
+    """``_check_store`` in a forked child; its exception (a setup error) is raised here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not Linux
+        asyncio.run(_check_store(settings))
+        return
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        pool.submit(_check_store_sync, settings).result()
+
+
+def _check_store_sync(settings: Settings) -> None:
+    asyncio.run(_check_store(settings))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -76,6 +76,7 @@ async def test_a_room_session_lives_while_anyone_plays_and_ends_after_the_grace(
         assert session["counters"] == {"messages": 26, "joins": 1, "dropped": 0}
         assert session["attributes"]["players"] == 1
         assert session["attributes"]["handles"] == ["@ana"]
+        assert session["attributes"]["peak_players"] == 1
         assert session["version"] == version + 1  # one write for 26 messages and a join
 
         await a.close()
@@ -83,7 +84,9 @@ async def test_a_room_session_lives_while_anyone_plays_and_ends_after_the_grace(
             lambda: [u for u in watcher.leaves if u != "root"] == ["@ana"], what="the leave"
         )
         await rooms.settle_rooms()
-        assert (await read(rooms, session["id"]))["attributes"]["players"] == 0
+        left = await read(rooms, session["id"])
+        # The peak is the most players at once: it stays when they leave.
+        assert left["attributes"]["players"] == 0 and left["attributes"]["peak_players"] == 1
         clock.advance(59)
         await rooms.call(rooms.runtime.scheduler.sweep())
         assert (await read(rooms, session["id"]))["state"] == "active"  # within the grace

@@ -41,14 +41,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from .. import __version__
 from ..core.model import JSON, iso
 from ..store.base import Delivery, DeliveryRow, DeliveryStatus, Store
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("sessionhub.webhooks")
 
@@ -200,10 +202,17 @@ class WebhookDispatcher:
         """Tell the worker new rows are due (called after they are committed)."""
         self._wake.set()
 
-    async def start(self) -> None:
+    def _http(self) -> httpx.AsyncClient:
+        # httpx is imported on first use: a node without webhooks does not carry it.
         if self._client is None:
+            import httpx
+
             self._client = httpx.AsyncClient(timeout=self.config.timeout, follow_redirects=False)
+        return self._client
+
+    async def start(self) -> None:
         if self.enabled:
+            self._http()
             self._task = asyncio.create_task(self._run(), name="sessionhub-webhooks")
 
     async def close(self) -> None:
@@ -262,9 +271,10 @@ class WebhookDispatcher:
             SIGNATURE_HEADER: sign(cfg.secret, body),
         }
         error: str | None = None
-        assert self._client is not None, "start() the dispatcher first"
+        import httpx
+
         try:
-            resp = await self._client.post(
+            resp = await self._http().post(
                 row.url, content=body, headers=headers, timeout=cfg.timeout
             )
             if not 200 <= resp.status_code < 300:

@@ -42,9 +42,7 @@ def static_permission(principal: Principal, topic: str) -> bool | None:
         return None
     if prefix == "notifications":
         return rest in (None, principal.sub)
-    if prefix == "room" and rest:
-        return True
-    return False
+    return prefix == "room" and bool(rest)
 
 
 def ends_topic(topic: str, data: bytes) -> bool:

@@ -87,6 +87,8 @@ class RoomState:
         self.acquiring: asyncio.Task[None] | None = None
         self.messages = self.joins = self.dropped = 0
         self.players_changed = False
+        #: The most players seen at once in the live session (its ``peak_players``).
+        self.peak = 0
         self.unsubscribe: Callable[[], None] | None = None
         self.unwatch: Callable[[], None] | None = None
 

@@ -54,6 +54,9 @@ class RoomSessions:
                 )
                 await asyncio.sleep(0.2 * 2**attempt)
                 continue
+            with contextlib.suppress(SessionHubError):  # the flush writes it in any case
+                stored = await self.hub.get(SYSTEM_PRINCIPAL, session_id)
+                room.peak = int(stored.attributes.get("peak_players") or 0)
             room.session_id = session_id
             self._by_session[session_id] = room
             return
@@ -141,10 +144,13 @@ class RoomSessions:
                 present = await self.players(room.topic)
                 handles = sorted({handle_of(i) for i in present.values()} - {""})
                 attributes = {"players": len(present), "handles": handles[: kind.MAX_HANDLES]}
+                if len(present) > room.peak:
+                    attributes["peak_players"] = len(present)
             s = await self.hub.update(
                 SYSTEM_PRINCIPAL, sid, attributes=attributes, counters=counts, internal=True
             )
             self.flushes += 1
+            room.peak = max(room.peak, int(s.attributes.get("peak_players") or 0))
             if s.state != "active" and room.session_id == sid:
                 room.session_id = None
                 self._ensure_session(room)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import orjson
-from sqlalchemy import and_, bindparam, exc, func, or_, select, update
+from sqlalchemy import and_, bindparam, exc, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -38,7 +38,7 @@ from ..core.errors import (
 )
 from ..core.model import Event, Session, parse_iso
 from .base import Due, Page, SessionQuery
-from .schema import chat_messages, events, sessions
+from .schema import HEAD_REVISION, chat_messages, events, sessions
 from .sealing import Sealer
 from .side_tables import SideTables
 
@@ -569,7 +569,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInput("invalid cursor") from None
 
 
+def _revision(sync_conn: Connection) -> str | None:
+    """The database's Alembic revision; None for a database Alembic has not touched."""
+    if not sync_conn.dialect.has_table(sync_conn, "alembic_version"):
+        return None
+    value = sync_conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return None if value is None else str(value)
+
+
 def _upgrade(sync_conn: Connection, revision: str) -> None:
+    if revision in ("head", HEAD_REVISION) and _revision(sync_conn) == HEAD_REVISION:
+        return  # nothing to do: Alembic (and Mako) stay out of the process
     from alembic import command
     from alembic.config import Config
 

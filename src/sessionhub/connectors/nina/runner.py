@@ -22,7 +22,6 @@ from ...core.principal import SYSTEM_PRINCIPAL
 from ...core.query import SessionQuery
 from ...core.streams import StreamPosition
 from ...kinds.imaging import empty_unified_session, unified_session
-from .client import RigClient
 from .config import RigConfig
 from .dedupe import NEW, Deduper
 from .health import RigStatus
@@ -40,6 +39,7 @@ from .rawlog import RawLog, history_record, poll_record
 from .state import CARRY, Command, End, Night, RigState, Start, Update, apply, merge
 
 if TYPE_CHECKING:
+    from .client import RigClient
     from .service import NinaService
 
 log = logging.getLogger("sessionhub.nina")
@@ -131,6 +131,10 @@ class RigRunner:
         self.snapshot = (session, await self.hub.position(self.topic))
 
     def start(self) -> None:
+        # Imported here: the rig client brings httpx and the websockets client, which a node
+        # that follows no rig should not carry in memory.
+        from .client import RigClient
+
         self.client = RigClient(self.rig, self.config, self, self.status, rng=self.service.rng)
         self._tasks = [
             asyncio.create_task(self._consume(), name=f"nina-{self.name}-consume"),
