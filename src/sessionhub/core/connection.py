@@ -221,6 +221,17 @@ class Limits:
 class ClientState:
     """The protocol state of one connection: who it is, what it follows, its liveness."""
 
+    __slots__ = (
+        "awaiting_pong",
+        "client",
+        "closed",
+        "expires_at",
+        "limits",
+        "opened_at",
+        "principal",
+        "subs",
+    )
+
     def __init__(self, client: str, limits: Limits, *, opened_at: float) -> None:
         self.client = client
         self.limits = limits

@@ -120,12 +120,16 @@ class CentrifugoConn(Conn):
     """One Centrifugo client: the state machine and the pump around it."""
 
     wire = "centrifugo"
+    __slots__ = ("_inbox", "_paused", "_task", "proto", "state")
 
     def __init__(self, wire: Centrifugo, node: RealtimeNode, sink: Sink, hs: Handshake) -> None:
         super().__init__(node, sink, hs)
         self.proto = wire
         self.state = machine.ClientState(self.client, wire.limits, opened_at=self.opened_at)
-        self._inbox: deque[bytes] = deque()
+        #: Messages waiting for the command task; made when one arrives and dropped when
+        #: the task has worked through them (an idle connection does not keep a deque:
+        #: 760 bytes each).
+        self._inbox: deque[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._paused = False
 
@@ -145,8 +149,11 @@ class CentrifugoConn(Conn):
         self.state.awaiting_pong = False
         if payload == proto.PING:  # a pong: nothing else to do
             return
-        self._inbox.append(payload)
-        if len(self._inbox) >= INBOX_LIMIT and not self._paused:
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = deque()
+        inbox.append(payload)
+        if len(inbox) >= INBOX_LIMIT and not self._paused:
             self._paused = True
             self.sink.pause_reading()
         if self._task is None:
@@ -177,6 +184,8 @@ class CentrifugoConn(Conn):
             self._task = None
             if self._inbox and not self.closed:
                 self._task = asyncio.get_running_loop().create_task(self._run())
+            elif not self._inbox:
+                self._inbox = None
 
     async def _handle(self, cmd: proto.Command) -> None:
         gen = self.state.handle(cmd, time.time())
@@ -315,7 +324,7 @@ class CentrifugoConn(Conn):
     def cleanup(self) -> None:
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        self._inbox.clear()
+        self._inbox = None
         topics = list(self.state.subs)
         self.state.subs.clear()
         if topics:

@@ -36,6 +36,22 @@ Encoder = Callable[[Publication], Out]
 class Conn:
     """State shared by every kind of realtime connection."""
 
+    # Slots: a node holds one of these per socket, tens of thousands of them; a wire that
+    # keeps a handful of fields more may leave out ``__slots__`` (it then gets a dict).
+    __slots__ = (
+        "_batches",
+        "client",
+        "closed",
+        "handshake",
+        "heard",
+        "node",
+        "opened_at",
+        "queue",
+        "sink",
+        "topics",
+        "writer",
+    )
+
     #: Label in metrics and stats.
     wire = "websocket"
     #: ``websocket`` or ``sse``.
@@ -67,8 +83,9 @@ class Conn:
         #: itself (the fast engine does so from ``pause_writing``) and never let it write
         #: once the connection is closed (a closed connection is detached from its topics).
         self.writer: Callable[[bytes], object] | None = None
-        #: Topics the node delivers to this connection (live, pending or presence).
-        self.topics: set[str] = set()
+        #: Topics the node delivers to this connection (live, pending or presence); a list,
+        #: not a set: most connections follow one or two, and a set costs 216 bytes.
+        self.topics: list[str] = []
         self._batches: list[Out] = []
 
     # -- what a wire module implements --------------------------------------------------------

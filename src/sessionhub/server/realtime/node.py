@@ -217,7 +217,8 @@ class RealtimeNode:
     def attach(self, conn: Conn, topic: str, backlog: list[Publication]) -> None:
         """Register ``conn`` as pending on ``topic``: publications go to ``backlog``."""
         self._topic(topic).pending[conn] = backlog
-        conn.topics.add(topic)
+        if topic not in conn.topics:
+            conn.topics.append(topic)
 
     def live(self, conn: Conn, topic: str, encoder: Encoder | None) -> None:
         """Deliver ``topic`` to ``conn`` from now on: framed by ``encoder`` (shared by every
@@ -225,7 +226,8 @@ class RealtimeNode:
         t = self._topic(topic)
         t.pending.pop(conn, None)
         t.groups.setdefault(encoder, {})[conn] = conn.writer if encoder is not None else None
-        conn.topics.add(topic)
+        if topic not in conn.topics:
+            conn.topics.append(topic)
 
     def watch(self, conn: Conn, topic: str, encode: Callable[[PresenceEvent], Out | None]) -> None:
         """Send ``conn`` the join/leave events of ``topic``, framed by ``encode``."""
@@ -233,10 +235,12 @@ class RealtimeNode:
         if t.unwatch is None:
             t.unwatch = self.hub.presence.watch(topic, self._on_presence)
         t.presence[conn] = encode
-        conn.topics.add(topic)
+        if topic not in conn.topics:
+            conn.topics.append(topic)
 
     def detach(self, conn: Conn, topic: str) -> None:
-        conn.topics.discard(topic)
+        if topic in conn.topics:
+            conn.topics.remove(topic)
         t = self._topics.get(topic)
         if t is None:
             return
@@ -292,10 +296,12 @@ class RealtimeNode:
                 conn.topic_ended(pub.topic)
 
     def _quiet(self) -> bool:
-        now = time.monotonic()
-        quiet = self._flush_handle is None and now - self._last_fanout >= self.burst_window
-        self._last_fanout = now
-        return quiet
+        # Measured from the end of the previous fan-out (direct or flushed): a pass over
+        # many subscribers can take longer than the window, and timing from its start
+        # would call every publication of a steady stream "quiet" and write it on its own.
+        return (
+            self._flush_handle is None and time.monotonic() - self._last_fanout >= self.burst_window
+        )
 
     def _fan_out(self, active: dict[Conn, Writer], item: Out, quiet: bool) -> None:
         self.deliveries_total += len(active)
@@ -316,6 +322,7 @@ class RealtimeNode:
                     slow.append(conn)
             for conn in slow or ():
                 conn.drop_if_slow()
+            self._last_fanout = time.monotonic()
             return
         dirty = self._dirty
         # In a burst, the hot loop is one list append per subscriber (the same object for
@@ -349,7 +356,19 @@ class RealtimeNode:
         self._flush_handle = None
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
-            conn.flush()
+            q = conn.queue
+            write = conn.writer
+            if write is None or conn._batches or conn.closed or not q:
+                conn.flush()  # replies to seal, an engine without a raw writer, or nothing
+                continue
+            # The hot path of a burst: shared frames only, one write of all of them. The
+            # engine reports a slow reader itself (see ``Conn.writer``).
+            conn.queue = []
+            try:
+                write(q[0].framed if len(q) == 1 else b"".join([o.framed for o in q]))
+            except Exception:  # a transport that closed under us
+                conn.disconnect(codes.WRITE_ERROR)
+        self._last_fanout = time.monotonic()
 
     # -- liveness -----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -70,6 +71,11 @@ class Sink(Protocol):
     def resume_reading(self) -> None: ...
 
 
+#: Request headers a connection keeps after its upgrade (the credentials).
+KEPT_HEADERS = ("authorization", "x-api-key")
+_NO_QUERY: Mapping[str, str] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Handshake:
     """The upgrade request a connection was opened with."""
@@ -83,9 +89,19 @@ class Handshake:
     params: Mapping[str, str] | None = None
 
     @classmethod
-    def from_target(cls, target: str, headers: Mapping[str, str], peer: str = "") -> Handshake:
+    def from_target(
+        cls,
+        target: str,
+        headers: Mapping[str, str],
+        peer: str = "",
+        params: Mapping[str, str] | None = None,
+    ) -> Handshake:
+        """The handshake of an upgrade to ``target``, keeping only the headers a wire reads
+        later (``KEPT_HEADERS``): a connection lives for hours, its request head need not."""
         path, _, query = target.partition("?")
-        return cls(path, dict(parse_qsl(query, keep_blank_values=True)), headers, peer)
+        kept = {k: headers[k] for k in KEPT_HEADERS if k in headers}
+        args = dict(parse_qsl(query, keep_blank_values=True)) if query else _NO_QUERY
+        return cls(path, args, kept, peer, params)
 
     def credentials(self) -> tuple[str | None, str | None]:
         """``(Authorization, X-API-Key)`` from the headers, or a ``?token=`` for browsers,
