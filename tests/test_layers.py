@@ -4,7 +4,7 @@
 ``hub`` (hub.py) -> all of those · ``consumers``, ``relay``, ``connectors``, ``scheduler``
 (and ``workflows``, see docs/architecture.md) -> hub and below · ``server``, ``cli`` -> hub,
 consumers, relay, connectors, scheduler, workflows - never store, broker or presence directly ·
-``client`` -> core only. ``auth`` (-> core) and ``settings`` (-> nothing) are leaves anyone
+``client`` -> core only. ``auth`` (-> core), ``settings`` and ``ids`` (-> nothing) are leaves anyone
 above the core may use. The package root re-exports the public API.
 """
 
@@ -20,7 +20,7 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "sessionhub"
 
 #: What the hub may use, and so what "hub and below" means.
-BELOW_HUB = {"core", "kinds", "store", "broker", "presence", "settings", "root"}
+BELOW_HUB = {"core", "kinds", "store", "broker", "presence", "settings", "ids", "root"}
 #: The layers at the hub's side that transports may use.
 SERVICES = {"consumers", "relay", "connectors", "scheduler", "workflows"}
 ALLOWED: dict[str, set[str]] = {
@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "broker": {"core", "broker"},
     "presence": {"core", "presence"},
     "settings": {"settings"},
+    "ids": {"ids"},
     "auth": {"core", "auth", "root"},
     "client": {"core", "client", "root"},
     "hub": BELOW_HUB | {"hub"},
@@ -51,6 +52,7 @@ TOP_LEVEL = {
     "scheduler": "scheduler",
     "auth": "auth",
     "settings": "settings",
+    "ids": "ids",
     "cli": "cli",
     "demo": "cli",
     "__init__": "root",

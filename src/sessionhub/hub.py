@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from .core.model import DELETED, JSON, Event, Session
 from .core.principal import SYSTEM_PRINCIPAL, Principal
 from .core.query import Due, Page, SessionQuery
 from .core.streams import StreamPosition
+from .ids import random_hex
 from .kinds.registry import Registry
 from .outbox import Outbox, encode
 from .presence.base import Presence
@@ -162,7 +161,7 @@ class Hub:
 
     @staticmethod
     def _event_id() -> str:
-        return uuid.uuid4().hex
+        return random_hex(16)
 
     def kind_of(self, session: Session) -> Kind:
         return self.kinds.get_kind(session.kind)
@@ -316,7 +315,7 @@ class Hub:
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise InvalidInput("Idempotency-Key must be 1 to 200 characters")
         for _attempt in range(3):
-            sid = session_id or f"{kind.id_prefix}_{secrets.token_hex(kind.id_bytes)}"
+            sid = session_id or f"{kind.id_prefix}_{random_hex(kind.id_bytes)}"
             change = engine.create(
                 kind,
                 session_id=sid,

@@ -138,6 +138,7 @@ async def test_realtime_update_shape_matches_the_document(
         ids.append(r.json()["id"])
     await http.post(f"/api/sessions/{ids[0]}/actions/end", headers=alice)
     await http.post("/api/sessions/", json={}, headers=alice)  # a workspace
+    await live.settle()  # the counts have followed every change (none is pushed later)
 
     async with connect(live.ws(live.token("root", "admin")), open_timeout=10) as ws:
         first = await recv(ws)  # sent at connect, as KATO's loop does

