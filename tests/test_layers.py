@@ -4,7 +4,7 @@
 ``hub`` (hub.py) -> all of those · ``consumers``, ``relay``, ``connectors``, ``scheduler``
 (and ``workflows``, see docs/architecture.md) -> hub and below · ``server``, ``cli`` -> hub,
 consumers, relay, connectors, scheduler, workflows - never store, broker or presence directly ·
-``client`` -> core only. ``auth`` (-> core), ``settings`` and ``ids`` (-> nothing) are leaves anyone
+``client`` -> core only. ``auth`` (-> core), ``settings``, ``ids`` and ``tasks`` (-> nothing) are leaves anyone
 above the core may use. The package root re-exports the public API.
 """
 
@@ -20,7 +20,7 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "sessionhub"
 
 #: What the hub may use, and so what "hub and below" means.
-BELOW_HUB = {"core", "kinds", "store", "broker", "presence", "settings", "ids", "root"}
+BELOW_HUB = {"core", "kinds", "store", "broker", "presence", "settings", "ids", "tasks", "root"}
 #: The layers at the hub's side that transports may use.
 SERVICES = {"consumers", "relay", "connectors", "scheduler", "workflows"}
 ALLOWED: dict[str, set[str]] = {
@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "presence": {"core", "presence"},
     "settings": {"settings"},
     "ids": {"ids"},
+    "tasks": {"tasks"},
     "auth": {"core", "auth", "root"},
     "client": {"core", "client", "root"},
     "hub": BELOW_HUB | {"hub"},
@@ -38,8 +39,10 @@ ALLOWED: dict[str, set[str]] = {
     # A workflow applies a consumer's rule at once where a request needs its answer
     # (JamBot's create and the one-active rule).
     "workflows": BELOW_HUB | {"hub", "workflows", "consumers"},
-    "server": {"core", "kinds", "hub", "auth", "settings", "server", "root"} | SERVICES,
-    "cli": {"core", "kinds", "hub", "auth", "settings", "server", "cli", "root"} | SERVICES,
+    "server": {"core", "kinds", "hub", "auth", "settings", "ids", "tasks", "server", "root"}
+    | SERVICES,
+    "cli": {"core", "kinds", "hub", "auth", "settings", "ids", "tasks", "server", "cli", "root"}
+    | SERVICES,
     # The package's __init__ re-exports the public API (lazily, so importing the client
     # pulls in nothing of the server): it names what every layer offers.
     "root": {"core", "kinds", "hub", "settings", "server", "root"},
@@ -53,6 +56,7 @@ TOP_LEVEL = {
     "auth": "auth",
     "settings": "settings",
     "ids": "ids",
+    "tasks": "tasks",
     "cli": "cli",
     "demo": "cli",
     "__init__": "root",

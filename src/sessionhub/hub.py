@@ -9,7 +9,6 @@ decides who wins.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +40,7 @@ from .outbox import Outbox, encode
 from .presence.base import Presence
 from .presence.memory import MemoryPresence
 from .store.base import Store
+from .tasks import stop
 
 log = logging.getLogger("sessionhub.hub")
 
@@ -102,11 +102,7 @@ class Hub:
         self._started = True
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await stop(self._tasks)
         self._tasks.clear()
         if self._started:
             await self.flush_heartbeats()

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from .hub import Hub
+from .tasks import stop
 
 log = logging.getLogger("sessionhub.leadership")
 
@@ -64,10 +65,7 @@ class Leadership:
     async def close(self) -> None:
         self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop([task])
         await self._lose()
         # An orderly stop hands the role over at once instead of after the lease's ttl.
         with contextlib.suppress(Exception):

@@ -37,6 +37,7 @@ from .core.engine import Change
 from .core.model import Event
 from .core.topics import event_topics
 from .store.base import Store
+from .tasks import every, stop
 
 log = logging.getLogger("sessionhub.outbox")
 
@@ -94,11 +95,7 @@ class Outbox:
         self._tasks.append(loop.create_task(self._drain_loop(), name="sessionhub-outbox-drain"))
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await stop(self._tasks)
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.flush_marks()
@@ -211,9 +208,4 @@ class Outbox:
                 raise
 
     async def _mark_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.mark_interval)
-            try:
-                await self.flush_marks()
-            except Exception:
-                log.exception("marking events published failed; will retry")
+        await every(self.mark_interval, self.flush_marks, "marking events published")

@@ -13,7 +13,6 @@ dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ from .core.kind import Kind
 from .core.query import Due
 from .hub import Hub
 from .leadership import Leadership
+from .tasks import stop
 
 log = logging.getLogger("sessionhub.scheduler")
 
@@ -76,11 +76,8 @@ class Scheduler:
         return self.started_at is None or now - self.started_at >= timeout
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop([self._task])
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -121,6 +121,9 @@ async def test_a_token_is_required_and_admin(live: LiveServer) -> None:
     assert code == 3500
     code, reason = await closed_with(live.ws(live.token("alice")))
     assert code == 3507 and "admin" in reason
+    # A token whose subject is "anonymous" is a user like any other, not the anonymous guest.
+    code, reason = await closed_with(live.ws(live.token("anonymous")))
+    assert code == 3507 and "admin" in reason
     async with connect(live.ws(live.token("root", "admin")), open_timeout=10) as ws:
         assert (await recv(ws))["type"] == "realtime_update"
     headers = bearer(live.token("root", "admin"))

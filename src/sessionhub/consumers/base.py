@@ -39,6 +39,7 @@ from typing import Protocol
 from ..core.model import Event
 from ..hub import Hub
 from ..leadership import Leadership
+from ..tasks import stop
 
 log = logging.getLogger("sessionhub.consumers")
 
@@ -149,10 +150,7 @@ class Consumers:
         self._unsubscribe.clear()
         self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop([task])
         await self.leadership.close()
 
     def wake(self) -> None:

@@ -48,6 +48,7 @@ import orjson
 from .. import __version__
 from ..core.model import JSON, iso
 from ..store.base import Delivery, DeliveryRow, DeliveryStatus, Store
+from ..tasks import stop
 
 if TYPE_CHECKING:
     import httpx
@@ -216,11 +217,8 @@ class WebhookDispatcher:
             self._task = asyncio.create_task(self._run(), name="sessionhub-webhooks")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop([self._task])
+        self._task = None
         if self._own_client and self._client is not None:
             await self._client.aclose()
             self._client = None

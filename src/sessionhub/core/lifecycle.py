@@ -35,6 +35,14 @@ def transition(
     return Transition(action, src, target, frozenset(roles), reason)
 
 
+def dropped_when_silent(source: str = "active") -> Transition:
+    """``drop``: ``source`` -> ``dropped`` when the session's heartbeats stop (the sweep's
+    ``heartbeat_timeout``; an admin may also drop it)."""
+    return transition(
+        "drop", source, "dropped", roles=("system", "admin"), reason="heartbeat_timeout"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Lifecycle:
     """States in forward order; a transition may only move to a later state.
@@ -99,3 +107,14 @@ class Lifecycle:
         raise IllegalTransition(
             f"action {action!r} is not possible from state {state!r} (only from {allowed})"
         )
+
+
+def ends_or_drops(action: str, ended: str, reason: str) -> Lifecycle:
+    """The lifecycle of a session that lives until its owner ends it (``action``: active ->
+    ``ended``, with ``reason``) or its heartbeats stop (``drop``: active -> dropped)."""
+    return Lifecycle(
+        states=("active", ended, "dropped"),
+        initial=frozenset({"active"}),
+        ended=frozenset({ended, "dropped"}),
+        transitions=(transition(action, "active", ended, reason=reason), dropped_when_silent()),
+    )

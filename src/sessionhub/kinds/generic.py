@@ -7,23 +7,13 @@ from datetime import timedelta
 from typing import ClassVar
 
 from ..core.kind import Attr, Kind
-from ..core.lifecycle import Lifecycle, transition
+from ..core.lifecycle import ends_or_drops
 
 
 class Generic(Kind):
     name = "generic"
     id_prefix = "ses"
     attributes: ClassVar[Mapping[str, Attr]] = {"label": Attr(str, max_length=200)}
-    lifecycle = Lifecycle(
-        states=("active", "ended", "dropped"),
-        initial=frozenset({"active"}),
-        ended=frozenset({"ended", "dropped"}),
-        transitions=(
-            transition("end", "active", "ended", reason="ended"),
-            transition(
-                "drop", "active", "dropped", roles=("system", "admin"), reason="heartbeat_timeout"
-            ),
-        ),
-    )
+    lifecycle = ends_or_drops("end", "ended", reason="ended")
     heartbeat_timeout = timedelta(minutes=5)
     heartbeat_states = frozenset({"active"})

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from ..core.kind import Attr, Kind
-from ..core.lifecycle import Lifecycle, transition
+from ..core.lifecycle import Lifecycle, dropped_when_silent, transition
 from ..core.model import CREATED, JSON, STATE_CHANGED, Event, Session
 
 SAFETY_MODES = ("supervised", "autonomous", "read_only")
@@ -111,9 +111,7 @@ class RemoteAccess(Kind):
             transition("approve", "pending_approval", "active", roles=("admin",)),
             transition("deny", "pending_approval", "denied", roles=("admin",), reason="denied"),
             transition("stop", ("pending_approval", "active"), "stopped", reason="stopped"),
-            transition(
-                "drop", "active", "dropped", roles=("system", "admin"), reason="heartbeat_timeout"
-            ),
+            dropped_when_silent(),
             transition(
                 "expire", "pending_approval", "denied", roles=("system",), reason="approval_timeout"
             ),

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import ClassVar
 
 from ..core.kind import Attr, Kind
-from ..core.lifecycle import Lifecycle, transition
+from ..core.lifecycle import ends_or_drops
 from ..core.model import CREATED, JSON, STATE_CHANGED, Event, Session
 from .remote_access import dropped_notification, notification, snapshot
 
@@ -43,17 +43,7 @@ class ScreenShare(Kind):
         # Users admitted as viewers (None = nobody besides the owner and admins).
         "viewers": Attr(list),
     }
-    lifecycle = Lifecycle(
-        states=("active", "stopped", "dropped"),
-        initial=frozenset({"active"}),
-        ended=frozenset({"stopped", "dropped"}),
-        transitions=(
-            transition("stop", "active", "stopped", reason="stopped"),
-            transition(
-                "drop", "active", "dropped", roles=("system", "admin"), reason="heartbeat_timeout"
-            ),
-        ),
-    )
+    lifecycle = ends_or_drops("stop", "stopped", reason="stopped")
     heartbeat_timeout = timedelta(minutes=5)
     heartbeat_states = frozenset({"active"})
 

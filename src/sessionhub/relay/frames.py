@@ -52,6 +52,7 @@ from ..core.principal import SYSTEM_PRINCIPAL, Principal
 from ..core.streams import Publication
 from ..hub import Hub
 from ..kinds.screen_share import QUALITY
+from ..tasks import every, stop
 
 log = logging.getLogger("sessionhub.relay")
 
@@ -250,11 +251,8 @@ class FrameRelay:
         for undo in self._frames.values():
             undo()
         self._frames.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop([self._task])
+        self._task = None
         for room in list(self.rooms.values()):
             room.close_all(CLOSE_ENDED, "server shutting down")
         await self.flush()
@@ -389,12 +387,7 @@ class FrameRelay:
         return written
 
     async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("flushing frame counts failed; will retry")
+        await every(self.flush_interval, self.flush, "flushing frame counts")
 
     # -- session changes ----------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from ..core.query import SessionQuery
 from ..core.streams import ClientInfo, Publication
 from ..hub import Hub
 from ..kinds import room as kind
+from ..tasks import every
 from .room_config import RoomConfig
 from .room_model import RoomState, handle_of
 
@@ -165,9 +166,4 @@ class RoomSessions:
             room.players_changed = room.players_changed or changed
 
     async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.flush_interval)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("flushing room counts failed; will retry")
+        await every(self.config.flush_interval, self.flush, "flushing room counts")

@@ -27,7 +27,7 @@ from ..core.errors import Unavailable
 from ..core.model import Event
 from .schema import events, sessions
 from .sealing import Sealer
-from .sql import CHANGED_COLUMNS, SqlStore, check_text
+from .sql import CHANGED_COLUMNS, SqlStore
 
 T = TypeVar("T")
 #: The advisory lock key that serialises migrations across nodes.
@@ -124,12 +124,7 @@ class PostgresStore(SqlStore):
     # -- writes ----------------------------------------------------------------------------
 
     async def save(self, change: Change) -> Event:
-        assert change.before is not None
-        check_text(change.session, change.event)
-        values = self._session_values(change.session)
-        del values["id"]
-        values["b_id"] = change.session.id
-        values["b_version"] = change.before.version
+        values = self._cas_values(change)
         for name, value in self._event_values(change.event).items():
             values[f"e_{name}"] = value
 

@@ -226,6 +226,16 @@ class SqlStore(SideTables, ABC):
             "published": False,
         }
 
+    def _cas_values(self, change: Change) -> dict[str, Any]:
+        """The parameters of ``CAS_UPDATE`` for ``change`` (checked for NUL characters)."""
+        assert change.before is not None
+        check_text(change.session, change.event)
+        values = self._session_values(change.session)
+        del values["id"]
+        values["b_id"] = change.session.id
+        values["b_version"] = change.before.version
+        return values
+
     def _event(self, r: Row[Any]) -> Event:
         # By position (rows of ``select(events)``): a consumer decodes every event of the
         # log, and ``Row._mapping`` costs a dictionary view and a lookup per field.

@@ -33,7 +33,7 @@ from ..core.errors import Unavailable
 from ..core.model import Event
 from .schema import events, sessions
 from .sealing import Sealer
-from .sql import CHANGED_COLUMNS, SqlStore, check_text
+from .sql import CHANGED_COLUMNS, SqlStore
 
 T = TypeVar("T")
 
@@ -156,12 +156,7 @@ class SqliteStore(SqlStore):
     # -- writes ----------------------------------------------------------------------------
 
     async def save(self, change: Change) -> Event:
-        assert change.before is not None
-        check_text(change.session, change.event)
-        values = self._session_values(change.session)
-        del values["id"]
-        values["b_id"] = change.session.id
-        values["b_version"] = change.before.version
+        values = self._cas_values(change)
 
         event_values = self._event_values(change.event)
         cas, append = self._raw_cas, self._raw_append

@@ -22,6 +22,7 @@ from ...core.principal import SYSTEM_PRINCIPAL
 from ...core.query import SessionQuery
 from ...core.streams import StreamPosition
 from ...kinds.imaging import empty_unified_session, unified_session
+from ...tasks import stop
 from .config import RigConfig
 from .dedupe import NEW, Deduper
 from .health import RigStatus
@@ -143,11 +144,7 @@ class RigRunner:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await stop(self._tasks)
         self._tasks = []
         while not self.inbox.empty():  # what was not applied comes back with the next seed
             item = self.inbox.get_nowait()

@@ -54,13 +54,12 @@ from ...consumers.counts import (
     alert_message,
 )
 from ...core import codes
-from ...core.errors import Unauthenticated
 from ...core.model import JSON, iso
 from ...core.principal import Principal
 from ...core.streams import Publication
 from ...settings import load_section
 from .conn import Conn
-from .node import RealtimeNode
+from .node import ANONYMOUS, RealtimeNode
 from .socket import Handshake, Out, Sink
 
 log = logging.getLogger("sessionhub.kato")
@@ -311,15 +310,9 @@ class KatoService:
                 await task
 
     def authenticate(self, handshake: Handshake) -> Principal | tuple[int, str]:
-        authorization, api_key = handshake.credentials()
-        if not authorization and not api_key:
-            if self.config.allow_anonymous:
-                return Principal("anonymous")
-            return codes.INVALID_TOKEN.code, "token required: ?token=<jwt> or Authorization"
-        try:
-            principal: Principal = self.node.auth.authenticate(authorization, api_key)
-        except Unauthenticated as exc:
-            return codes.INVALID_TOKEN.code, exc.detail[:100]
+        principal = self.node.authenticate(handshake, anonymous=self.config.allow_anonymous)
+        if isinstance(principal, tuple) or principal is ANONYMOUS:
+            return principal
         if not principal.is_admin and not self.config.allow_anonymous:
             return codes.PERMISSION_DENIED_DISCONNECT.code, "the /ws dashboard needs the admin role"
         return principal

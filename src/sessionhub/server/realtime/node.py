@@ -34,13 +34,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...core import codes
+from ...core.errors import Unauthenticated
+from ...core.principal import Principal
 from ...core.streams import PresenceEvent, Publication
 from ...core.topics import ends_topic
 from ...hub import Hub
+from ...tasks import every
 from .conn import Conn, Encoder
 from .socket import Handshake, Out, Sink
 
 log = logging.getLogger("sessionhub.realtime")
+
+#: Who connected without credentials where that is allowed (compared by identity).
+ANONYMOUS = Principal("anonymous")
 
 #: Opens a connection of one wire format for an accepted handshake.
 Factory = Callable[["RealtimeNode", Sink, Handshake], Conn]
@@ -196,6 +202,21 @@ class RealtimeNode:
         for topic in list(conn.topics):
             self.detach(conn, topic)
         return True
+
+    def authenticate(self, handshake: Handshake, *, anonymous: bool) -> Principal | tuple[int, str]:
+        """Who opened ``handshake`` (its token or API key), or the close code and reason to
+        refuse it with. Without credentials: ``ANONYMOUS`` (this very object, which no token
+        can produce) if ``anonymous`` is allowed, else refused."""
+        authorization, api_key = handshake.credentials()
+        if not authorization and not api_key:
+            if anonymous:
+                return ANONYMOUS
+            return codes.INVALID_TOKEN.code, "token required: ?token=<jwt> or Authorization"
+        try:
+            principal: Principal = self.auth.authenticate(authorization, api_key)
+        except Unauthenticated as exc:
+            return codes.INVALID_TOKEN.code, exc.detail[:100]
+        return principal
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -373,12 +394,7 @@ class RealtimeNode:
     # -- liveness -----------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.ping_interval)
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("realtime tick failed")
+        await every(self.ping_interval, self.tick, "realtime tick")
 
     async def tick(self) -> None:
         """Every connection's liveness check, then node-wide timers and lease expiry."""

@@ -23,7 +23,6 @@ slug; 3504 too many rooms from this address (final).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -35,6 +34,7 @@ from ...core import codes
 from ...core.errors import Unauthenticated
 from ...kinds import room as kind
 from ...relay.rooms import Bucket, Player, RoomService, RoomState
+from ...tasks import stop
 from .asgi import AsgiSink
 from .conn import Conn
 from .node import RealtimeNode
@@ -84,11 +84,8 @@ class RoomSockets:
             )
 
     async def close(self) -> None:
-        if self._pinger is not None:
-            self._pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pinger
-            self._pinger = None
+        await stop([self._pinger])
+        self._pinger = None
 
     async def _pings(self) -> None:
         while True:

@@ -23,12 +23,12 @@ import logging
 from ...connectors.nina import messages
 from ...connectors.nina.service import NinaService
 from ...core import codes
-from ...core.errors import SessionHubError, Unauthenticated
+from ...core.errors import SessionHubError
 from ...core.principal import Principal
 from ...core.recovery import activate
 from ...core.streams import Publication, StreamPosition
 from .conn import Conn
-from .node import RealtimeNode
+from .node import ANONYMOUS, RealtimeNode
 from .socket import Handshake, Out, Sink
 
 log = logging.getLogger("sessionhub.nina")
@@ -57,15 +57,9 @@ class Unified:
         return [c for c in self.node.connections("unified") if isinstance(c, UnifiedConn)]
 
     def authenticate(self, handshake: Handshake, rig: str) -> Principal | tuple[int, str]:
-        authorization, api_key = handshake.credentials()
-        if not authorization and not api_key:
-            if self.nina.config.allow_anonymous:
-                return Principal("anonymous")
-            return codes.INVALID_TOKEN.code, "token required: ?token=<jwt> or Authorization"
-        try:
-            principal: Principal = self.node.auth.authenticate(authorization, api_key)
-        except Unauthenticated as exc:
-            return codes.INVALID_TOKEN.code, exc.detail[:100]
+        principal = self.node.authenticate(handshake, anonymous=self.nina.config.allow_anonymous)
+        if isinstance(principal, tuple) or principal is ANONYMOUS:
+            return principal
         if not (principal.is_admin or principal.sub == rig or self.nina.config.allow_anonymous):
             return codes.PERMISSION_DENIED_DISCONNECT.code, "this rig's stream is for admins"
         return principal
