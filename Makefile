@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test test-slow check format bench clean
+.PHONY: run test test-slow check format bench clean cluster cluster-stop
 
 $(BIN)/python:
 	@echo "creating the virtualenv in $(VENV) ..."
@@ -51,6 +51,18 @@ format: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev node_modules/.installed
 	$(BIN)/python bench/rest.py
 	$(BIN)/python bench/fanout.py
+
+# Three local nodes behind nginx on PostgreSQL and Redis (docs/cluster.md): the machine's
+# services by default, or SESSIONHUB_DATABASE_URL / SESSIONHUB_BROKER_URL. Needs nginx.
+$(VENV)/.installed-cluster: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[postgres,redis]'
+	touch $@
+
+cluster: $(VENV)/.installed-cluster
+	deploy/cluster.sh start
+
+cluster-stop:
+	deploy/cluster.sh stop
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -46,6 +46,10 @@ class Topic:
     repair: asyncio.Task[None] | None = None
     #: Read the stream's position again first (the subscription has just become live).
     resync: bool = False
+    #: The repair task while it is only waiting (a grace period, or out an outage).
+    waiting: asyncio.Task[None] | None = None
+    #: Repairs in a row that could not reach Redis (their backoff).
+    failures: int = 0
     closed: bool = False
 
     @property

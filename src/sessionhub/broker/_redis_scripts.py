@@ -5,7 +5,8 @@ Layout of one topic (``prefix`` namespaces every name, so two clusters can share
 - ``{prefix}:stream:{topic}`` - hash ``e`` (epoch), ``o`` (offset of the newest publication);
 - ``{prefix}:history:{topic}`` - list, oldest first, of ``b"<offset> <time> " + data``; the
   time is the publishing node's clock (an injected clock works against a real Redis);
-- ``{prefix}:pub:{topic}`` - pub/sub channel, messages ``b"<offset>:<epoch>:" + data``
+- ``{prefix}:pub:{topic}`` - pub/sub channel (``{prefix}:db{n}:pub:{topic}`` in database
+  ``n`` > 0: pub/sub is shared by every database), messages ``b"<offset>:<epoch>:" + data``
   (a broadcast: ``b"0:<node id>:" + data``). Offsets are digits and epochs and node ids are
   hex, so the first two ``:`` split a message whatever bytes ``data`` holds.
 

@@ -33,6 +33,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ..core.errors import Unavailable
@@ -74,12 +75,30 @@ def redis_pool(
     )
 
 
+async def forget_idle(pool: BlockingConnectionPool) -> None:
+    """Close the pool's idle connections (they reconnect when next used). Called when one
+    connection broke: after a Redis restart every pooled connection is dead, and each would
+    otherwise fail one call of its own before being replaced."""
+    with contextlib.suppress(Exception):
+        await pool.disconnect(inuse_connections=False)
+
+
 def describe(pool: BlockingConnectionPool) -> str:
     """Where the pool connects to, for error messages (never the password)."""
     kw = pool.connection_kwargs
     if "path" in kw:
         return f"unix:{kw['path']}"
     return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def channel_prefix(prefix: str, pool: BlockingConnectionPool) -> str:
+    """What the names of pub/sub channels start with. Keys live in the URL's database, but
+    pub/sub ignores databases: two clusters on one Redis server (``/1`` and ``/2``, say, with
+    the default prefix) would hear each other's publications - another stream's offsets and
+    epoch, which this node would take for a reset of its own. So channels carry the
+    database number (when it is not 0)."""
+    db = int(pool.connection_kwargs.get("db") or 0)
+    return prefix if db == 0 else f"{prefix}:db{db}"
 
 
 class RedisBroker:
@@ -131,6 +150,7 @@ class RedisBroker:
         )
         self._redis = Redis(connection_pool=self._pool)
         self._where = describe(self._pool)
+        self._channels = channel_prefix(prefix, self._pool)
         # Bounds every call, pool wait included, whatever redis-py does inside.
         self._timeout = socket_timeout * 2 + socket_connect_timeout + 0.5
         self._gap_grace = gap_grace
@@ -154,13 +174,22 @@ class RedisBroker:
 
     def channel(self, topic: str) -> bytes:
         """The pub/sub channel of ``topic``."""
-        return f"{self.prefix}:pub:{topic}".encode()
+        return f"{self._channels}:pub:{topic}".encode()
 
     def _pubsub_connection(self) -> AbstractConnection:
         kwargs = dict(self._pool.connection_kwargs)
         kwargs["client_name"] = f"{self.prefix}-pubsub-{self.node}"
         conn: AbstractConnection = self._pool.connection_class(**kwargs)
         return conn
+
+    def status(self) -> dict[str, int | bool]:
+        """What to watch on a node (health, metrics): whether its pub/sub connection is up,
+        how many times it was established (1 + reconnects), how many topics it follows."""
+        return {
+            "connected": self._subscriber.connected,
+            "connections": self._subscriber.connections,
+            "topics": len(self._topics),
+        }
 
     @property
     def pubsub_connections(self) -> int:
@@ -190,13 +219,27 @@ class RedisBroker:
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def _call(self, what: str, call: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(call, self._timeout)
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-            raise Unavailable(
-                f"Redis at {self._where} is unavailable ({what}: {exc or type(exc).__name__})"
-            ) from exc
+    async def _call(
+        self, what: str, make: Callable[[], Awaitable[T]], *, idempotent: bool = False
+    ) -> T:
+        """Run one call, bounded; ``Unavailable`` if Redis does not answer. A call that may
+        run twice without harm (a read) is tried once more after a broken connection."""
+        for attempt in (1, 2):
+            try:
+                return await asyncio.wait_for(make(), self._timeout)
+            except RedisConnectionError as exc:
+                await forget_idle(self._pool)
+                if idempotent and attempt == 1:
+                    continue  # most likely a connection Redis closed before it restarted
+                raise self._unavailable(what, exc) from exc
+            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+                raise self._unavailable(what, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unavailable(self, what: str, exc: BaseException) -> Unavailable:
+        return Unavailable(
+            f"Redis at {self._where} is unavailable ({what}: {exc or type(exc).__name__})"
+        )
 
     async def _read(
         self, topic: str, since: StreamPosition | None, limit: int
@@ -211,7 +254,8 @@ class RedisBroker:
             "" if since is None else since.epoch,
             max(0, limit),
         ]
-        reply = await self._call("history", _READ(self._redis, self._keys(topic), args))
+        keys = self._keys(topic)
+        reply = await self._call("history", lambda: _READ(self._redis, keys, args), idempotent=True)
         epoch = reply[0].decode()
         pubs = []
         for entry in reply[3:]:
@@ -236,7 +280,8 @@ class RedisBroker:
             data,
             *(self.channel(t) for t in topics),
         ]
-        reply = await self._call("publish", _PUBLISH(self._redis, keys, args))
+        # Not retried: a publish that failed may have run (it would be published twice).
+        reply = await self._call("publish", lambda: _PUBLISH(self._redis, keys, args))
         out: dict[str, StreamPosition] = {}
         waits: list[asyncio.Future[None]] = []
         for i, topic in enumerate(topics):
@@ -276,7 +321,8 @@ class RedisBroker:
 
     async def broadcast(self, topic: str, data: bytes) -> None:
         message = b"0:" + self.node.encode() + b":" + data
-        await self._call("broadcast", self._redis.publish(self.channel(topic), message))
+        channel = self.channel(topic)
+        await self._call("broadcast", lambda: self._redis.publish(channel, message))
         t = self._topics.get(topic)
         if t is not None:
             self._deliver_broadcast(t, data)
@@ -311,7 +357,7 @@ class RedisBroker:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for name in names[i : i + 500]:
                         pipe.pexpire(name, self._key_ttl_ms)
-                    await self._call("expire", pipe.execute())
+                    await self._call("expire", pipe.execute)
         except Unavailable as exc:
             log.warning("could not refresh followed streams: %s", exc)
 
@@ -351,19 +397,35 @@ class RedisBroker:
             self._kick(t, urgent=True)
 
     def _kick(self, t: Topic, *, urgent: bool = False) -> None:
-        """Make sure a task works on ``t``'s gap (or baseline) if it has one."""
-        if t.closed or (t.repair is not None and not t.repair.done()):
+        """Make sure a task works on ``t``'s gap (or baseline) if it has one. An urgent kick
+        (a new listener, the channel live again) does not wait, and cuts short a repair that
+        is only waiting - for a gap to close by itself, or out an outage."""
+        if t.closed:
             return
+        if t.repair is not None and not t.repair.done():
+            if not (urgent and t.waiting is t.repair):
+                return
+            t.repair.cancel()
+        self._start(t, 0.0 if urgent else self._gap_grace)
+
+    def _start(self, t: Topic, delay: float) -> None:
         try:
-            t.repair = asyncio.get_running_loop().create_task(self._repair(t, urgent))
+            t.repair = asyncio.get_running_loop().create_task(self._repair(t, delay))
         except RuntimeError:  # no loop yet (subscribed before start): start() kicks it
             t.repair = None
 
-    async def _repair(self, t: Topic, urgent: bool) -> None:
-        if not urgent:
+    async def _repair(self, t: Topic, delay: float) -> None:
+        me = asyncio.current_task()
+        if delay:
             # Most gaps close by themselves: a reply or a message overtaken by the next.
-            await asyncio.sleep(self._gap_grace)
+            t.waiting = me
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                if t.waiting is me:
+                    t.waiting = None
         lost = False
+        retry: float | None = None
         try:
             for _ in range(4):  # each round fills up to the newest offset Redis has
                 if t.closed:
@@ -377,7 +439,7 @@ class RedisBroker:
                     t.note(pos)
                     continue
                 if not t.behind:
-                    return
+                    break
                 since = StreamPosition(t.delivered, t.epoch)
                 newest = max(t.target, *t.pending) if t.pending else t.target
                 limit = max(1, min(newest - t.delivered, self.history_size))
@@ -389,17 +451,41 @@ class RedisBroker:
                     t.offer(pub)
                 t.note(pos)
                 if not pubs and not complete and pos.epoch == since.epoch:
-                    lost = True  # the history no longer has what follows ``since``
+                    # The history no longer has what follows ``since``: skip to what waits.
+                    # If nothing waits (the gap is known from a position read), the newest
+                    # publications the history still holds are what waits - so the
+                    # listeners see the jump now (and tell their clients), not only at
+                    # the next publication, which may never come.
+                    if not t.pending:
+                        async with self._reads:
+                            tail, pos, _ = await self._read(t.name, None, limit)
+                        if t.closed:
+                            return
+                        for pub in tail:
+                            t.offer(pub)
+                        t.note(pos)
+                    lost = True
                     break
         except Unavailable as exc:
-            log.warning("cannot fill a gap on %s from the history: %s", t.name, exc)
-            lost = True
+            # Redis did not answer (restarting, say): what follows is out of reach, not
+            # lost. Try again, backing off; the channel coming back cuts the wait short.
+            t.failures += 1
+            if t.failures == 1:
+                log.warning("cannot fill a gap on %s from the history yet: %s", t.name, exc)
+            retry = min(5.0, self._gap_grace * 2**t.failures)
         finally:
-            if not t.closed:
+            if t.repair is me:
                 t.repair = None
-        if t.closed or not t.behind:
+        if t.closed:
             return
+        if retry is not None:
+            if t.repair is None:
+                self._start(t, retry)
+            return
+        t.failures = 0
         if lost:
             t.skip()
-        else:  # still catching up with a busy stream: go on after a pause
+        if t.resync:  # the channel became live again while this ran: compare once more
+            self._kick(t, urgent=True)
+        elif t.behind:  # still catching up with a busy stream: go on after a pause
             self._kick(t)

@@ -6,7 +6,9 @@ Layout (``prefix`` namespaces every name, so two clusters can share a Redis):
 - ``{prefix}:presence-info:{topic}`` - hash, client id -> encoded ``ClientInfo``;
 - ``{prefix}:presence-due`` - sorted set, topic -> its earliest lease expiry: the topics
   ``expire`` has to visit, so it never scans every topic;
-- ``{prefix}:presence-events`` - one pub/sub channel for the events of every topic.
+- ``{prefix}:presence-events`` - one pub/sub channel for the events of every topic
+  (``{prefix}:db{n}:presence-events`` in database ``n`` > 0: pub/sub ignores databases, and
+  two clusters on one server must not hear each other).
 
 Every change is one Lua script that also publishes its events, so removing an expired lease
 and announcing it are one atomic step: when several nodes run ``expire`` at once, each lost
@@ -32,11 +34,13 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from ..core.errors import Unavailable
@@ -196,11 +200,17 @@ class RedisPresence:
         self._where = kw.get("path") or f"{kw.get('host')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
         self._timeout = socket_timeout * 2 + socket_connect_timeout + 0.5
         self._ping_interval = health_check_interval
-        self._channel = f"{prefix}:presence-events".encode()
+        db = int(kw.get("db") or 0)
+        self._channel = f"{prefix if db == 0 else f'{prefix}:db{db}'}:presence-events".encode()
         self._due = f"{prefix}:presence-due"
         self._watchers: dict[str, list[PresenceListener]] = {}
         self._live = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def channel(self) -> bytes:
+        """The pub/sub channel every node announces joins and leaves on."""
+        return self._channel
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -228,13 +238,31 @@ class RedisPresence:
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def _call(self, what: str, call: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(call, self._timeout)
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-            raise Unavailable(
-                f"Redis at {self._where} is unavailable ({what}: {exc or type(exc).__name__})"
-            ) from exc
+    async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one call, bounded; ``Unavailable`` if Redis does not answer.
+
+        After a broken connection the pool's idle connections are closed (after a Redis
+        restart every one of them is dead, and each would fail a call of its own) and the
+        call is tried once more: every script here may run twice without harm - a join is
+        a renewal the second time, a leave finds nothing, an expiry nothing more to expire.
+        """
+        for attempt in (1, 2):
+            try:
+                return await asyncio.wait_for(make(), self._timeout)
+            except RedisConnectionError as exc:
+                with contextlib.suppress(Exception):
+                    await self._pool.disconnect(inuse_connections=False)
+                if attempt == 1:
+                    continue
+                raise self._unavailable(what, exc) from exc
+            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+                raise self._unavailable(what, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unavailable(self, what: str, exc: BaseException) -> Unavailable:
+        return Unavailable(
+            f"Redis at {self._where} is unavailable ({what}: {exc or type(exc).__name__})"
+        )
 
     def _keys(self, topic: str) -> list[str]:
         return [
@@ -265,7 +293,8 @@ class RedisPresence:
         expiry = repr(self._clock() + ttl)
         key_ttl = math.ceil(max(ttl, 60.0) * 2 * 1000)
         args = self._args(topic, expiry, info.client, encode_info(info), key_ttl)
-        reply = await self._call("join", _JOIN_SCRIPT(self._redis, self._keys(topic), args))
+        keys = self._keys(topic)
+        reply = await self._call("join", lambda: _JOIN_SCRIPT(self._redis, keys, args))
         self._lost(topic, reply[1:])
         new = bool(reply[0] == 1)
         if new:
@@ -274,7 +303,8 @@ class RedisPresence:
 
     async def leave(self, topic: str, client: str) -> bool:
         args = self._args(topic, client)
-        data = await self._call("leave", _LEAVE_SCRIPT(self._redis, self._keys(topic), args))
+        keys = self._keys(topic)
+        data = await self._call("leave", lambda: _LEAVE_SCRIPT(self._redis, keys, args))
         if data is None:
             return False
         self._notify(topic, PresenceEvent(topic, False, decode_info(client, data), "left"))
@@ -282,9 +312,8 @@ class RedisPresence:
 
     async def presence(self, topic: str) -> dict[str, ClientInfo]:
         args = self._args(topic, "1")
-        lost, flat = await self._call(
-            "presence", _EXPIRE_SCRIPT(self._redis, self._keys(topic), args)
-        )
+        keys = self._keys(topic)
+        lost, flat = await self._call("presence", lambda: _EXPIRE_SCRIPT(self._redis, keys, args))
         self._lost(topic, lost)
         out: dict[str, ClientInfo] = {}
         for i in range(0, len(flat) - 1, 2):
@@ -314,13 +343,14 @@ class RedisPresence:
         for _ in range(100):  # pages of due topics; the rest waits for the next call
             now = repr(self._clock())
             due = await self._call(
-                "expire", self._redis.zrangebyscore(self._due, "-inf", now, start=0, num=100)
+                "expire",
+                partial(self._redis.zrangebyscore, self._due, "-inf", now, start=0, num=100),
             )
             for name in cast(list[bytes], due):
                 topic = name.decode()
-                args = self._args(topic, "0")
+                args, keys = self._args(topic, "0"), self._keys(topic)
                 lost, _ = await self._call(
-                    "expire", _EXPIRE_SCRIPT(self._redis, self._keys(topic), args)
+                    "expire", partial(_EXPIRE_SCRIPT, self._redis, keys, args)
                 )
                 removed += self._lost(topic, lost)
             if len(due) < 100:
