@@ -8,27 +8,40 @@ names the workspace ``Session N`` if it has no name and completes the owner's ot
 workspaces. Every step is a compare-and-set transition, and a creation that another
 creation superseded meanwhile is left alone, so handling an event twice (a crash before the
 position was stored, two nodes) changes nothing the second time.
+
+Across nodes, one user's workspace changes take turns through ``exclusive``: a lock on this
+node and a short lease (``workspaces:<owner>``) in the store, so two nodes creating at the
+same instant cannot both hand out ``Session N``. Which workspace stays is decided by the
+order of the creations in the event log (the seq of their ``session.created``), never by
+which node asks first: a newer active workspace always wins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import timedelta
 
-from ..core.errors import SessionHubError
+from ..core.errors import SessionHubError, Unavailable
 from ..core.model import CREATED, Event, Session
 from ..core.principal import SYSTEM_PRINCIPAL
 from ..core.query import SessionQuery
 from ..hub import Hub
+from ..ids import random_hex
 from ..kinds.workspace import ACTIVE
 
 log = logging.getLogger("sessionhub.workspaces")
 
 KIND = "workspace"
 _NAME = re.compile(r"^Session (\d+)$")
+#: The per-user lease across nodes: held for one creation (a crashed holder's lapses).
+LEASE_TTL = timedelta(seconds=10)
+LEASE_TRIES = 40
 
 
 class WorkspaceRule:
@@ -39,6 +52,8 @@ class WorkspaceRule:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        #: This node's name as the holder of the per-user leases.
+        self._holder = f"workspaces-{random_hex(8)}"
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def lock(self, owner: str) -> asyncio.Lock:
@@ -48,6 +63,27 @@ class WorkspaceRule:
             lock = asyncio.Lock()
             self._locks[owner] = lock
         return lock
+
+    @asynccontextmanager
+    async def exclusive(self, owner: str) -> AsyncIterator[None]:
+        """One user's workspace changes, one at a time: on this node and across nodes."""
+        store = self.hub.store
+        name = f"workspaces:{owner}"
+        async with self.lock(owner):
+            for attempt in range(LEASE_TRIES):
+                token = await store.acquire_lease(
+                    name, self._holder, ttl=LEASE_TTL, now=self.hub.clock()
+                )
+                if token is not None:
+                    break
+                await asyncio.sleep(min(0.005 * 2**attempt, 0.2))
+            else:
+                raise Unavailable("another node keeps changing this user's workspaces; retry")
+            try:
+                yield
+            finally:
+                with contextlib.suppress(SessionHubError):
+                    await store.release_lease(name, self._holder)
 
     # -- the consumer ------------------------------------------------------------------------
 
@@ -69,7 +105,7 @@ class WorkspaceRule:
         unless the owner created another workspace after it (``after``: the seq of its
         creation), whose own adoption decides: the newest workspace is the one that stays."""
         try:
-            async with self.lock(owner):
+            async with self.exclusive(owner):
                 s = await self.hub.store.get(session_id)
                 if s is None:
                     return
@@ -117,6 +153,11 @@ class WorkspaceRule:
                 break
         return f"Session {highest + 1}"
 
+    async def _created_seq(self, session_id: str) -> int:
+        """Where the session's creation stands in the event log (0 if it is not there)."""
+        first = await self.hub.store.events(session_id, limit=1)
+        return first[0].seq or 0 if first and first[0].type == CREATED else 0
+
     async def active_of(self, owner: str) -> list[Session]:
         page = await self.hub.store.find(
             SessionQuery(kinds=(KIND,), states=(ACTIVE,), owner=owner, limit=500)
@@ -128,6 +169,9 @@ class WorkspaceRule:
         actives = await self.active_of(owner)
         if keep not in {s.id for s in actives}:
             return []  # ``keep`` was itself superseded meanwhile: the newer one rules
+        order = {s.id: await self._created_seq(s.id) for s in actives}
+        if any(order[s.id] > order[keep] for s in actives):
+            return []  # a workspace created after ``keep`` is active: its turn decides
         done: list[str] = []
         for s in actives:
             if s.id == keep:

@@ -19,7 +19,11 @@ Frames cross nodes: the sharer's node counts a frame and broadcasts it on the br
 ``frames:<session id>`` (``Broker.broadcast``: no offset, no history); every node with viewers
 of that share follows the topic and offers the frame to its own viewers. A share's end and
 its admission list come from the broker topic ``sessions:screen_share``, so a viewer on
-another node is closed or dismissed just as a local one.
+another node is closed or dismissed just as a local one. The node that holds a share's sharer
+(or counts it has not flushed yet) also follows ``relay:<session id>``, where other nodes ask
+it for what only it knows: the newest frame, for a viewer that joins on another node before
+the next frame, and its unflushed count, flushed first, for a stop or status answered by
+another node (``count_everywhere``, bounded by ``ask_timeout``).
 
 The relay is transport-free: the ``/stream/{id}`` wire (``server/realtime/frames.py``) gives
 each participant a ``send`` and a ``close`` and tells a viewer when its socket has drained.
@@ -32,8 +36,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -51,6 +56,7 @@ from ..core.model import JSON, STATE_CHANGED, UPDATED, Session
 from ..core.principal import SYSTEM_PRINCIPAL, Principal
 from ..core.streams import Publication
 from ..hub import Hub
+from ..ids import random_hex
 from ..kinds.screen_share import QUALITY
 from ..tasks import every, stop
 
@@ -239,6 +245,14 @@ class FrameRelay:
         self._unsubscribe: Callable[[], None] | None = None
         #: session id -> unsubscriber of its ``frames:<id>`` topic (while it has viewers here).
         self._frames: dict[str, Callable[[], None]] = {}
+        #: session id -> unsubscriber of ``relay:<id>`` (while this node holds its sharer or
+        #: counts not flushed yet), where other nodes ask for what only this node knows.
+        self._control: dict[str, Callable[[], None]] = {}
+        #: Request id -> the future of its answer (``count_everywhere``).
+        self._asked: dict[str, asyncio.Future[int]] = {}
+        #: Seconds ``count_everywhere`` waits for the sharer's node to answer.
+        self.ask_timeout = 1.0
+        self._jobs: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._unsubscribe = self.hub.broker.subscribe(f"sessions:{KIND}", self._on_event)
@@ -248,10 +262,11 @@ class FrameRelay:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        for undo in self._frames.values():
+        for undo in (*self._frames.values(), *self._control.values()):
             undo()
         self._frames.clear()
-        await stop([self._task])
+        self._control.clear()
+        await stop([self._task, *self._jobs])
         self._task = None
         for room in list(self.rooms.values()):
             room.close_all(CLOSE_ENDED, "server shutting down")
@@ -297,6 +312,7 @@ class FrameRelay:
         if old is not None and old.ticket > ticket:
             raise Replaced("a newer sharer connection of this share is already sending")
         sharer = room.sharer = Participant(principal, "sharer", ticket)
+        self._answer_for(session_id)
         if old is not None:
             # After the new one is in place: closing the old one makes it leave the room,
             # which must not find the room empty and drop it.
@@ -319,6 +335,9 @@ class FrameRelay:
             self._frames[session_id] = self.hub.broker.subscribe(
                 f"frames:{session_id}", self._on_frame
             )
+        if room.last_frame is None and room.sharer is None:
+            # The sharer is on another node: ask it to send its newest frame again.
+            await self._tell(session_id, {"op": "newest"})
         return room, viewer
 
     @staticmethod
@@ -338,6 +357,8 @@ class FrameRelay:
                 undo()
         if room.sharer is None and not room.viewers and self.rooms.get(room.session_id) is room:
             del self.rooms[room.session_id]
+        if room.sharer is None and not self._unflushed.get(room.session_id):
+            self._stop_answering(room.session_id)
 
     # -- frames -------------------------------------------------------------------------
 
@@ -347,6 +368,7 @@ class FrameRelay:
             return  # a replaced or closed sharer's late frames are not relayed
         self.frames_received += 1
         self._unflushed[room.session_id] = self._unflushed.get(room.session_id, 0) + 1
+        self._answer_for(room.session_id)
         room.last_frame = data
         topic = f"frames:{room.session_id}"
         try:
@@ -379,7 +401,11 @@ class FrameRelay:
                 await self.hub.update(SYSTEM_PRINCIPAL, sid, counters={"frames_captured": n})
                 written += n
                 self.flushes += 1
+                room = self.rooms.get(sid)
+                if (room is None or room.sharer is None) and not self._unflushed.get(sid):
+                    self._stop_answering(sid)
             except NotFound:
+                self._stop_answering(sid)
                 continue  # the session is gone: nothing to count into
             except SessionHubError:
                 # A concurrent change won the compare-and-set: count them next time.
@@ -388,6 +414,87 @@ class FrameRelay:
 
     async def _flush_loop(self) -> None:
         await every(self.flush_interval, self.flush, "flushing frame counts")
+
+    # -- asking the sharer's node -------------------------------------------------------
+
+    async def count_everywhere(self, session_id: str) -> int:
+        """Flush ``session_id``'s frame count wherever it is counted (here, or the node with
+        its sharer), so that the session's ``frames_captured`` holds every frame received so
+        far. Returns the frames flushed elsewhere (0 when no node answered within
+        ``ask_timeout``: nobody counts frames of it any more)."""
+        await self.flush(session_id)
+        if session_id in self._control and session_id in self.rooms:
+            room = self.rooms[session_id]
+            if room.sharer is not None:
+                return 0  # the sharer is here: everything was counted (and flushed) here
+        ask = random_hex(8)
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._asked[ask] = answer
+        undo = self.hub.broker.subscribe(f"relay:{session_id}", self._on_control)
+        try:
+            await self._tell(session_id, {"op": "flush", "ask": ask})
+            async with asyncio.timeout(self.ask_timeout):
+                return await answer
+        except TimeoutError:
+            return 0
+        finally:
+            undo()
+            self._asked.pop(ask, None)
+
+    async def _tell(self, session_id: str, message: JSON) -> None:
+        with contextlib.suppress(Unavailable):  # best effort: live media, bounded waits
+            await self.hub.broker.broadcast(f"relay:{session_id}", orjson.dumps(message))
+
+    def _answer_for(self, session_id: str) -> None:
+        if session_id not in self._control:
+            self._control[session_id] = self.hub.broker.subscribe(
+                f"relay:{session_id}", self._on_control
+            )
+
+    def _stop_answering(self, session_id: str) -> None:
+        undo = self._control.pop(session_id, None)
+        if undo is not None:
+            undo()
+
+    def _on_control(self, pub: Publication) -> None:
+        try:
+            message = orjson.loads(pub.data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(message, dict):
+            return
+        session_id = pub.topic.removeprefix("relay:")
+        op = message.get("op")
+        if op == "flushed":
+            answer = self._asked.get(str(message.get("ask")))
+            if answer is not None and not answer.done():
+                answer.set_result(int(message.get("n") or 0))
+        elif session_id not in self._control:
+            return  # a node asking (following the topic for its answer), not answering
+        elif op == "newest":
+            room = self.rooms.get(session_id)
+            if room is not None and room.last_frame is not None:
+                frame = room.last_frame
+                asyncio.get_running_loop().create_task(self._resend(f"frames:{session_id}", frame))
+        elif op == "flush":
+            self._spawn(self._flush_for(session_id, str(message.get("ask"))))
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _resend(self, topic: str, frame: bytes) -> None:
+        with contextlib.suppress(Unavailable):
+            await self.hub.broker.broadcast(topic, frame)
+
+    async def _flush_for(self, session_id: str, ask: str) -> None:
+        try:
+            n = await self.flush(session_id)
+        except Exception:
+            log.exception("flushing frame counts of %s for another node failed", session_id)
+            return
+        await self._tell(session_id, {"op": "flushed", "ask": ask, "n": n})
 
     # -- session changes ----------------------------------------------------------------
 

@@ -138,7 +138,7 @@ class WorkspaceService:
         """A new active workspace (named ``Session N`` if no name is given); the user's
         other active workspaces are completed."""
         owner = owner or principal.sub
-        async with self.rule.lock(owner):
+        async with self.rule.exclusive(owner):
             if not name:
                 name = await self.rule.next_name(owner)
             session, _ = await self.hub.create(

@@ -54,6 +54,7 @@ from ...consumers.counts import (
     alert_message,
 )
 from ...core import codes
+from ...core.errors import Unavailable
 from ...core.model import JSON, iso
 from ...core.principal import Principal
 from ...core.streams import Publication
@@ -155,7 +156,13 @@ class KatoService:
     async def start(self) -> None:
         self._process.cpu_percent(None)  # the first reading primes the measurement
         self._unsubscribe = self.hub.broker.subscribe(COUNTS_TOPIC, self._on_counts)
-        latest, _, _ = await self.hub.broker.history(COUNTS_TOPIC, limit=1)
+        try:
+            latest, _, _ = await self.hub.broker.history(COUNTS_TOPIC, limit=1)
+        except Unavailable as exc:
+            # A node starts while the broker is down: the count comes with the next
+            # kato:counts publication once it is back, and the node still serves.
+            log.warning("KATO counts not read at start (%s); following them from now", exc)
+            return
         if latest:
             self._on_counts(latest[-1])
 
