@@ -24,7 +24,9 @@ async def test_round_trip(live: LiveServer) -> None:
             attributes={"label": "one"}, metadata={"k": 1}, idempotency_key="key-1"
         )
         assert s["owner"] == "rt-alice" and s["state"] == "active" and s["version"] == 1
-        again = await c.create_session(attributes={"label": "one"}, idempotency_key="key-1")
+        again = await c.create_session(
+            attributes={"label": "one"}, metadata={"k": 1}, idempotency_key="key-1"
+        )
         assert again["id"] == s["id"]  # the idempotency key made the retry harmless
 
         got = await c.get_session(s["id"])

@@ -8,6 +8,7 @@ mark and namespace fixture to ``SERVICES``: see ``conftest.redis_prefix``). Time
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -168,6 +169,10 @@ async def test_broadcast_reaches_listeners_without_offset_or_history(make: Any) 
     await b.publish(["live"], b"kept")
     await b.broadcast("live", b"frame")
     await b.broadcast("nobody-listens", b"lost")
+    for _ in range(300):  # over Redis pub/sub the frame arrives a moment later
+        if len(got) >= 2:
+            break
+        await asyncio.sleep(0.01)
     assert [(p.offset, p.epoch, p.data) for p in got][1:] == [(0, "", b"frame")]
     pubs, pos, _ = await b.history("live")
     assert [p.data for p in pubs] == [b"kept"] and pos.offset == 1  # not in history

@@ -2,12 +2,19 @@
 
 Every change answered 2xx must be in the database afterwards (at least at that version,
 with a gapless event log), and every event committed before the kill must be published
-after the restart (the outbox is drained: no event is left unpublished).
+after the restart (the outbox is drained: no event is left unpublished). The consumers
+resume too: every acknowledged remote access start has its notification, exactly once.
+
+Heartbeats are accepted in memory and written within the sweep interval: one acknowledged
+a sweep interval before the kill is on disk after it, and a session whose last heartbeats
+were lost with the process is not dropped for it - after the restart it gets a whole
+timeout to be heard again (``docs/reliability.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
 import time
@@ -34,16 +41,23 @@ def servers() -> Iterator[list[Server]]:
         s.stop()
 
 
+#: The owner of the remote access sessions of the burst (each start notifies its owner).
+REMOTE_USER = "crash-remote"
+
+
 async def burst(
-    server: Server, headers: dict[str, str], stop_after: int
-) -> tuple[dict[str, int], int]:
+    server: Server, headers: dict[str, str], stop_after: int, remote: dict[str, str] | None = None
+) -> tuple[dict[str, int], int, list[str]]:
     """Concurrent workers create sessions and change them until the server dies.
 
-    Returns the highest version answered 2xx per session id, and how many requests failed
-    because the server was killed under them. The server is SIGKILLed (from inside the
-    burst, with requests in flight) once ``stop_after`` changes have been acknowledged.
+    Returns the highest version answered 2xx per session id, how many requests failed
+    because the server was killed under them, and the remote access sessions whose start
+    was acknowledged (with ``remote``: the headers of their owner). The server is SIGKILLed
+    (from inside the burst, with requests in flight) once ``stop_after`` changes have been
+    acknowledged.
     """
     acked: dict[str, int] = {}
+    started: list[str] = []
     failures = 0
     done = 0
     killed = asyncio.Event()
@@ -54,6 +68,10 @@ async def burst(
             if killed.is_set():
                 return
             try:
+                if remote is not None:
+                    r = await client.post("/api/remote/start", json={}, headers=remote)
+                    assert r.status_code == 200, r.text
+                    started.append(r.json()["session_id"])
                 r = await client.post(
                     "/api/sessions",
                     json={"attributes": {"label": f"w{n}-{i}"}},
@@ -83,7 +101,7 @@ async def burst(
     async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=10) as client:
         await asyncio.wait_for(asyncio.gather(*(worker(client, n) for n in range(12))), DEADLINE)
     assert killed.is_set(), "the burst ended before the kill"
-    return acked, failures
+    return acked, failures, started
 
 
 async def unpublished(database_url: str | None, db_file: Path) -> int:
@@ -129,10 +147,12 @@ async def test_sigkill_mid_burst_loses_nothing_acknowledged(
     data = tmp_path / "data"
     headers = {"Authorization": f"Bearer {Authenticator(secret=SECRET).issue('crash', ['admin'])}"}
 
+    remote = {"Authorization": f"Bearer {Authenticator(secret=SECRET).issue(REMOTE_USER)}"}
+
     first = Server(data, database_url, tmp_path / "first.log")
     servers.append(first)
     await first.wait_ready()
-    acked, failures = await burst(first, headers, stop_after=120)
+    acked, failures, started_remote = await burst(first, headers, stop_after=120, remote=remote)
     assert first.proc.returncode == -signal.SIGKILL
     assert len(acked) >= 10
     pending_before = await unpublished(database_url, data / "sessionhub.db")
@@ -151,6 +171,12 @@ async def test_sigkill_mid_burst_loses_nothing_acknowledged(
         metrics = (await c.get("/metrics")).text
         # The restarted server made no changes itself: what it published is the outbox.
         assert metric_total(metrics, "sessionhub_events_published_total") == pending_before
+        # The notifier resumed from its durable position: each acknowledged start has its
+        # notification, and no event's notification was stored twice.
+        notified = await notifications_of(c, remote, len(started_remote))
+    per_session = [n["session_id"] for n in notified if n["event"] == "remote_session_started"]
+    assert len(per_session) == len(set(per_session)), "a notification stored twice"
+    assert set(started_remote) <= set(per_session), "an acknowledged start never notified"
 
     assert await unpublished(database_url, data / "sessionhub.db") == 0
     log = second.log()
@@ -160,5 +186,101 @@ async def test_sigkill_mid_burst_loses_nothing_acknowledged(
     assert time.monotonic() - started < 30
     print(
         f"\n{backend}: {len(acked)} sessions acknowledged, {failures} requests cut off, "
-        f"{pending_before} events republished after the restart"
+        f"{pending_before} events republished after the restart, "
+        f"{len(started_remote)} acknowledged remote starts notified once each"
     )
+
+
+async def notifications_of(
+    c: httpx.AsyncClient, headers: dict[str, str], at_least: int
+) -> list[dict[str, object]]:
+    """Every notification of the user of ``headers``, once the consumer has caught up with
+    at least ``at_least`` of them (bounded: 15 s)."""
+    items: list[dict[str, object]] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        items, cursor = [], None
+        for _ in range(50):  # pages of 200; bounded
+            params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            r = await c.get("/api/notifications", params=params, headers=headers)
+            assert r.status_code == 200, r.text
+            items += r.json()["notifications"]
+            cursor = r.json()["next_cursor"]
+            if not cursor:
+                break
+        if len(items) >= at_least:
+            return items
+        await asyncio.sleep(0.1)
+    return items
+
+
+# -- heartbeats across a crash -----------------------------------------------------------------
+
+TIMEOUT = 3.0  # the generic kind's heartbeat timeout here; sweeps run every TIMEOUT / 6
+
+
+async def test_heartbeats_across_a_sigkill_never_drop_a_live_session(
+    database_url: str | None, tmp_path: Path, servers: list[Server]
+) -> None:
+    """20 sessions heartbeated every 0.25 s. 5 of them stop 1.5 s before the kill (three
+    sweep intervals): their last heartbeat must be on disk after it. The 15 others are
+    heartbeated 0.1 s before the SIGKILL (issue 13: those may be lost) and again right after
+    the restart, as a live client does: none may be dropped. The 5 quiet ones are dropped,
+    by the sweep, only once the restarted node has been up for a whole timeout."""
+    data = tmp_path / "data"
+    env = {"SESSIONHUB_KIND_TIMEOUTS": json.dumps({"generic": {"heartbeat_timeout": TIMEOUT}})}
+    headers = {"Authorization": f"Bearer {Authenticator(secret=SECRET).issue('hb', ['admin'])}"}
+    first = Server(data, database_url, tmp_path / "first.log", env=env)
+    servers.append(first)
+    await first.wait_ready()
+    async with httpx.AsyncClient(base_url=first.url, headers=headers, timeout=10) as c:
+        ids = []
+        for _ in range(20):
+            r = await c.post("/api/sessions", json={})
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+        live, quiet = ids[:15], ids[15:]
+        acked: dict[str, str] = {}
+
+        async def beat(group: list[str]) -> None:
+            for sid in group:
+                r = await c.post(f"/api/sessions/{sid}/heartbeat")
+                assert r.status_code == 200, r.text
+                acked[sid] = r.json()["last_activity_at"]
+
+        for _ in range(4):  # 1 s of heartbeats for all
+            await beat(ids)
+            await asyncio.sleep(0.25)
+        for _ in range(6):  # 1.5 s more for the live ones only
+            await beat(live)
+            await asyncio.sleep(0.25)
+        await beat(live)
+        await asyncio.sleep(0.1)
+    first.kill()
+
+    second = Server(data, database_url, tmp_path / "second.log", env=env, port=first.port)
+    servers.append(second)
+    await second.wait_ready()
+    restarted = time.monotonic()
+    async with httpx.AsyncClient(base_url=second.url, headers=headers, timeout=10) as c:
+        for sid in quiet:  # written within the sweep interval, so not rolled back
+            r = await c.get(f"/api/sessions/{sid}")
+            assert r.json()["last_activity_at"] >= acked[sid], (sid, r.json(), acked[sid])
+        dropped_at: dict[str, float] = {}
+        while time.monotonic() - restarted < TIMEOUT + 2.5:  # bounded: 5.5 s
+            for sid in live:
+                r = await c.post(f"/api/sessions/{sid}/heartbeat")
+                assert r.status_code == 200, f"a live session was dropped: {r.text}"
+            for sid in quiet:
+                if sid not in dropped_at:
+                    r = await c.get(f"/api/sessions/{sid}")
+                    if r.json()["state"] == "dropped":
+                        dropped_at[sid] = time.monotonic() - restarted
+            await asyncio.sleep(0.25)
+        for sid in live:
+            r = await c.get(f"/api/sessions/{sid}")
+            assert r.json()["state"] == "active", r.json()
+    assert set(dropped_at) == set(quiet), "the quiet ones are dropped (the sweep runs)"
+    # A whole timeout after the restart, not earlier (their clients might be alive).
+    assert min(dropped_at.values()) >= TIMEOUT - 0.5, dropped_at
+    assert "Traceback" not in second.log()

@@ -15,17 +15,19 @@ async def test_a_periodic_job_keeps_running_after_it_fails(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     runs: list[int] = []
+    fourth = asyncio.Event()
 
     async def job() -> None:
         runs.append(len(runs))
         if len(runs) == 2:
             raise RuntimeError("boom")
+        if len(runs) == 4:
+            fourth.set()
 
     task = asyncio.create_task(every(0.001, job, "the test job"))
     with caplog.at_level(logging.ERROR, logger="sessionhub"):
         async with asyncio.timeout(5):
-            while len(runs) < 4:
-                await asyncio.sleep(0.001)
+            await fourth.wait()
         await stop([task])
     assert task.done() and task.cancelled()
     assert [r.getMessage() for r in caplog.records] == ["the test job failed; will retry"]

@@ -16,6 +16,15 @@ position puts a :class:`Recovery` item into the subscription's stream, just wher
 missed publications (if recovered) or the gap (if not) would be. ``recovered=False``
 means the caller must reload its state (for example :func:`sessionhub.client.follow`
 fetches a new snapshot).
+
+**A publication's identity is its event's ``(session_id, version)``, not its offset.**
+Delivery is at least once: an event published just before the server crashed may be
+published again after the restart, under a new epoch and a new offset. Every session event
+carries the session's ``version`` (+1 on every change, so each version is one change), and
+a subscription drops a session event whose version it has already delivered for that
+session (it remembers the newest version of the last ``SEEN_SESSIONS`` sessions it saw).
+Publications that are not session events (no ``session_id`` and ``version``) are delivered
+as they come.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -46,6 +55,8 @@ TokenSource = str | Callable[[], Awaitable[str]]
 _TRANSPORT_ONLY = frozenset({1000, 1005, 1006})
 #: Used when the connection fails before any close code was exchanged.
 ABNORMAL_CLOSURE: Final = 1006
+#: Sessions whose newest delivered version a subscription remembers, to drop repeats.
+SEEN_SESSIONS: Final = 10_000
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -164,6 +175,8 @@ class Subscription:
     (:class:`Unsubscribed`, :class:`Disconnected`, :class:`PermissionDenied`...).
 
     Items are buffered without bound until read: read them, or the process grows.
+    A session event whose ``(session_id, version)`` was delivered already (republished
+    after a server crash) is dropped: each change reaches the reader once.
     """
 
     def __init__(self, client: RealtimeClient, topic: str) -> None:
@@ -180,6 +193,8 @@ class Subscription:
         self._live = False  # publications are delivered only after the subscribe reply
         self._retries = 0
         self._ended = False
+        #: session id -> the newest version delivered (insertion order: oldest first).
+        self._seen: OrderedDict[str, int] = OrderedDict()
 
     def __aiter__(self) -> AsyncIterator[Publication | Recovery]:
         return self
@@ -208,7 +223,26 @@ class Subscription:
     def _deliver(self, offset: int, data: Any) -> None:
         if offset:
             self.offset = offset
+        if self._repeat(data):
+            return
         self._queue.put_nowait(Publication(self.topic, offset, self.epoch or "", data))
+
+    def _repeat(self, data: Any) -> bool:
+        """Whether ``data`` is a session event already delivered (its identity is the
+        session and the version, which a republication keeps); records it if not."""
+        if not isinstance(data, dict):
+            return False
+        sid, version = data.get("session_id"), data.get("version")
+        if not isinstance(sid, str) or not isinstance(version, int) or isinstance(version, bool):
+            return False
+        seen = self._seen.get(sid)
+        if seen is not None and version <= seen:
+            return True
+        self._seen[sid] = version
+        self._seen.move_to_end(sid)
+        if len(self._seen) > SEEN_SESSIONS:
+            self._seen.popitem(last=False)
+        return False
 
     def _end(self, error: BaseException | None = None) -> None:
         if self._ended:

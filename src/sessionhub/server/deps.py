@@ -1,11 +1,14 @@
-"""FastAPI dependencies shared by the routers: the runtime, the hub and the caller."""
+"""FastAPI dependencies shared by the routers (the runtime, the hub and the caller) and the
+request field types they share (free JSON as the server accepts it)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from pydantic import AfterValidator, WithJsonSchema
 
+from ..core.engine import MAX_JSON_DEPTH
 from ..core.principal import Principal
 from ..hub import Hub
 from .runtime import Runtime
@@ -44,3 +47,136 @@ async def get_principal(request: Request) -> Principal:
 HubDep = Annotated[Hub, Depends(get_hub)]
 RuntimeDep = Annotated[Runtime, Depends(runtime_dependency)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+# -- free JSON in request bodies ----------------------------------------------------------------
+
+#: Numbers beyond this magnitude are refused whether written as integers or as floats: JSON
+#: Schema (and so the OpenAPI document) cannot tell ``1e19`` from ``10000000000000000000``,
+#: and neither can most JSON clients, so the limit is one on the value. It is the largest
+#: double below 2^63, so a float and an integer of the same value agree, and every integer
+#: it lets through fits in 64 bits (the store and the encoders take it).
+MAX_NUMBER = 2**63 - 1024
+MIN_NUMBER = -MAX_NUMBER
+
+#: The JSON Schema of one free JSON value, as the OpenAPI document names it (``$ref``s to
+#: ``components/schemas``): what ``json_value`` below lets through, as far as JSON Schema can
+#: say it. Nesting depth and encoded size are limited too (in words, in the descriptions).
+JSON_SCHEMAS: dict[str, dict[str, Any]] = {
+    "JsonValue": {
+        "description": f"Any JSON value; numbers within ±(2^63-1024), nested at most "
+        f"{MAX_JSON_DEPTH} "
+        "levels, strings of Unicode characters (no lone surrogates)",
+        "anyOf": [
+            {"type": "null"},
+            {"type": "boolean"},
+            {"type": "string"},
+            {"type": "number", "minimum": MIN_NUMBER, "maximum": MAX_NUMBER},
+            {"$ref": "#/components/schemas/JsonArray"},
+            {"$ref": "#/components/schemas/JsonObject"},
+        ],
+    },
+    "JsonArray": {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+    "JsonObject": {
+        "type": "object",
+        "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+    },
+}
+
+
+def _bad_text(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate, which no UTF-8 encoder can write (the
+    publication of the change would fail after it was stored)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_json_value(value: Any, what: str = "value") -> Any:
+    """Refuse what JSON clients and the server's encoders cannot carry faithfully, with a
+    message naming ``what``; iterative, so a hostile value cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, str):
+            if _bad_text(item):
+                raise ValueError(f"{what} holds a string that is not valid Unicode")
+        elif isinstance(item, int | float):
+            # Integers exactly (as JSON Schema validators compare them), floats as doubles.
+            if item != item or not MIN_NUMBER <= item <= MAX_NUMBER:
+                raise ValueError(f"{what} holds a number outside ±2^63 (or not finite)")
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                for key in item:
+                    if not isinstance(key, str) or _bad_text(key):
+                        raise ValueError(f"{what} has a key that is not valid Unicode")
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        else:
+            raise ValueError(f"{what} must be plain JSON")
+    return value
+
+
+#: Where a field's schema is one of ``JSON_SCHEMAS`` (see ``resolve_json_refs``).
+_MARK = "x-sessionhub-json"
+
+
+def _checked(what: str) -> AfterValidator:
+    return AfterValidator(lambda v: check_json_value(v, what))
+
+
+#: A JSON object field (metadata, attributes, ...): validated here, documented as
+#: ``JsonObject``. A bad one is a 422 naming the field, never a 500 from an encoder later.
+JsonObject = Annotated[
+    dict[str, Any], _checked("the object"), WithJsonSchema({_MARK: "JsonObject"})
+]
+
+
+def integral_to_int(value: Any) -> Any:
+    """``value`` with every float that is a whole number (``3.0``) made an int: JSON has
+    one number type, and JSON Schema calls ``3.0`` an integer, so where a kind checks for an
+    integer (a count, a generation) ``3.0`` must pass as ``3``. Values are checked first
+    (``check_json_value``), so every such float fits in 64 bits."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: integral_to_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral_to_int(v) for v in value]
+    return value
+
+
+#: Attributes: a JSON object whose whole-number floats are integers (see above).
+JsonAttributes = Annotated[
+    dict[str, Any],
+    _checked("the object"),
+    AfterValidator(integral_to_int),
+    WithJsonSchema({_MARK: "JsonObject"}),
+]
+#: A JSON array field, likewise.
+JsonArray = Annotated[list[Any], _checked("the array"), WithJsonSchema({_MARK: "JsonArray"})]
+
+
+def resolve_json_refs(document: dict[str, Any]) -> dict[str, Any]:
+    """Point the fields above at their schemas in an OpenAPI document (and add those). The
+    fields carry a marker rather than a ``$ref`` because pydantic resolves every ``$ref`` it
+    sees itself, and these schemas live in the document, not in pydantic."""
+    document.setdefault("components", {}).setdefault("schemas", {}).update(JSON_SCHEMAS)
+    stack: list[Any] = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            name = node.pop(_MARK, None)
+            if name is not None:
+                node["$ref"] = f"#/components/schemas/{name}"
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return document

@@ -14,24 +14,42 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..core.errors import Forbidden
 from ..core.model import JSON
 from .deps import PrincipalDep, RuntimeDep
+from .problems import NO_NUL, responses
 
 router = APIRouter(prefix="/api", tags=["notifications"])
 
 
 class MarkRead(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """``ids`` to mark, or ``all: true``; at least one of them (else a 422)."""
 
-    ids: list[str] = Field(default_factory=list, max_length=500)
-    all: bool = False
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
+                {"required": ["all"], "properties": {"all": {"const": True}}},
+            ]
+        },
+    )
+
+    ids: list[Annotated[str, Field(max_length=200, pattern=NO_NUL)]] = Field(
+        default_factory=list, max_length=500
+    )
+    all: bool = Field(default=False, strict=True)
 
 
-@router.get("/notifications", summary="Your notifications, newest first")
+@router.get("/notifications", summary="Your notifications, newest first", responses=responses(403))
 async def list_notifications(
     runtime: RuntimeDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=40)] = None,
-    user: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=40, pattern="^[0-9]+$", description="`next_cursor` of the previous page"),
+    ] = None,
+    user: Annotated[
+        str | None, Query(max_length=200, description="Another user's (admins)")
+    ] = None,
     unread: bool = False,
 ) -> JSON:
     """``{"notifications": [{"id", "event", "data", ...}], "total", "unread", "next_cursor"}``.
@@ -49,7 +67,9 @@ async def mark_read(body: MarkRead, runtime: RuntimeDep, principal: PrincipalDep
     return {"success": True, "updated": n}
 
 
-@router.get("/webhooks/deliveries", summary="Recent webhook deliveries (admins)")
+@router.get(
+    "/webhooks/deliveries", summary="Recent webhook deliveries (admins)", responses=responses(403)
+)
 async def deliveries(
     runtime: RuntimeDep,
     principal: PrincipalDep,

@@ -1,8 +1,18 @@
-"""The REST API over sessions: create, list, read, change, act, heartbeat, events."""
+"""The REST API over sessions: create, list, read, change, act, heartbeat, events.
+
+What each route accepts is what its OpenAPI entry says (``describe`` fills in what depends
+on the registered kinds: their names, states and attributes), and each route declares the
+problems it can answer (``problems.responses``); ``problems.document`` adds the ones every
+route shares (401, 422, 503, ...).
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -11,40 +21,64 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.errors import InvalidInput
-from ..core.kind import TIMEOUTS
+from ..core.kind import TIMEOUTS, Attr, Kind
 from ..core.model import JSON, Session, iso
 from ..core.query import SessionQuery
 from ..core.streams import StreamPosition
 from ..core.topics import ALL as ALL_TOPIC
 from ..hub import Hub
-from .deps import HubDep, PrincipalDep
+from .deps import MAX_NUMBER, MIN_NUMBER, HubDep, JsonAttributes, JsonObject, PrincipalDep
+from .problems import NO_NUL, responses
 
 router = APIRouter(prefix="/api", tags=["sessions"])
 
 
+_OWNER = Field(
+    default=None,
+    min_length=1,
+    max_length=200,
+    pattern=NO_NUL,
+    description="Owner; admins only may name another user (others: 403).",
+)
+
+
 class CreateSession(BaseModel):
+    """The body of ``POST /api/sessions``. In the OpenAPI document it is one variant per
+    kind (``describe``): each kind's attributes, required ones and reserved metadata keys."""
+
     model_config = ConfigDict(extra="forbid")
 
     kind: str = Field(
         default="generic", max_length=64, description="The session's kind (see GET /api/kinds)."
     )
-    owner: str | None = Field(
-        default=None, max_length=200, description="Owner; admins only may name another user."
-    )
-    attributes: dict[str, Any] = Field(
+    owner: str | None = _OWNER
+    attributes: JsonAttributes = Field(
         default_factory=dict, description="Validated against the kind's schema."
     )
-    metadata: dict[str, Any] = Field(
-        default_factory=dict, description="Free JSON kept with the session."
+    metadata: JsonObject = Field(
+        default_factory=dict,
+        description="Free JSON kept with the session (at most 64 KiB encoded).",
     )
 
 
 class PatchSession(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Send ``attributes`` (merged into the current ones), ``metadata`` (replaces the
+    object), or both; at least one of them. Which attributes a session has depends on its
+    kind (``GET /api/kinds``): an unknown or immutable one is a 422."""
 
-    attributes: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = Field(
-        default=None, description="Replaces the metadata object."
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["attributes"], "properties": {"attributes": {"type": "object"}}},
+                {"required": ["metadata"], "properties": {"metadata": {"type": "object"}}},
+            ]
+        },
+    )
+
+    attributes: JsonAttributes | None = None
+    metadata: JsonObject | None = Field(
+        default=None, description="Replaces the metadata object (at most 64 KiB encoded)."
     )
 
 
@@ -52,7 +86,10 @@ class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     detail: str | None = Field(
-        default=None, max_length=1000, description="Free text, e.g. why it was stopped."
+        default=None,
+        max_length=1000,
+        pattern=NO_NUL,
+        description="Free text, e.g. why it was stopped.",
     )
 
 
@@ -61,6 +98,14 @@ def _csv(values: list[str] | None) -> tuple[str, ...]:
     for v in values or []:
         out += [x.strip() for x in v.split(",") if x.strip()]
     return tuple(out)
+
+
+def _kinds(hub: Hub, values: list[str] | None) -> tuple[str, ...]:
+    """The ``kind`` filter of a count, each a registered kind (else a 422 naming them)."""
+    kinds = _csv(values)
+    for name in kinds:
+        hub.kinds.get_kind(name)
+    return kinds
 
 
 def _states(hub: Hub, kinds: tuple[str, ...], values: list[str] | None) -> tuple[str, ...]:
@@ -83,6 +128,23 @@ def _states(hub: Hub, kinds: tuple[str, ...], values: list[str] | None) -> tuple
 
 
 _TEXT_HELP = "Case-insensitive text that the session's id, owner or attributes contain"
+_KIND_HELP = "Kind(s), comma-separated or repeated (see GET /api/kinds)"
+_LIST_KIND_HELP = _KIND_HELP + "; an unknown kind matches nothing"
+_STATE_HELP = (
+    "State(s), comma-separated or repeated; each a state of the kinds named in `kind` "
+    "(of any kind when none is named), else a 422 naming the valid ones"
+)
+
+#: ``If-Match``: a session version as its ETag (``"3"``, ``W/"3"``) or ``*`` (any version).
+IF_MATCH = r'^(\*|(W/)?"?[0-9]{1,18}"?)$'
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        pattern=IF_MATCH,
+        description='Apply only to this version (the ETag, e.g. "3"), else 412',
+    ),
+]
 
 
 def _if_match(value: str | None) -> int | None:
@@ -92,6 +154,34 @@ def _if_match(value: str | None) -> int | None:
     if not raw.isdigit():
         raise InvalidInput('If-Match must be a session version, e.g. If-Match: "3"')
     return int(raw)
+
+
+# -- page cursors --------------------------------------------------------------------------------
+
+#: A page cursor as the REST API spells it: the position after the last item of a page,
+#: ``<created_at in microseconds since 1970>.<session id>`` (newest first, so the next page
+#: holds what sorts before it). Every string of this form is a position: the pattern is all
+#: a client (or a fuzzer) needs to know, and no well-formed cursor is ever refused.
+CURSOR = r"^[0-9]{1,16}\.[^\x00]{1,200}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _rest_cursor(session: Session) -> str:
+    created = session.created_at
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    micros = (created - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{session.id}"
+
+
+def _store_cursor(cursor: str) -> str:
+    """The store's opaque cursor for a REST cursor (its ``encode_cursor`` format: the
+    base64url of ``[created_at ISO, id]``). The REST layer owns the public format so that
+    the OpenAPI document can state it exactly."""
+    micros, _, sid = cursor.partition(".")
+    created = _EPOCH + timedelta(microseconds=int(micros))
+    raw = orjson.dumps([created.isoformat(), sid])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _stream(topic: str, position: StreamPosition) -> JSON:
@@ -107,12 +197,92 @@ def session_response(
     return JSONResponse(body, status_code=status, headers={"ETag": f'"{session.version}"'})
 
 
-@router.post("/sessions", status_code=201, summary="Create a session")
+# -- the bodies of the answers ---------------------------------------------------------------
+
+_TIME_OUT: JSON = {"type": ["string", "null"], "format": "date-time"}
+#: A session as the REST API shows it (``Hub.view``); its kind may add fields of its own.
+SESSION_SCHEMA: JSON = {
+    "title": "Session",
+    "type": "object",
+    "required": ["id", "kind", "owner", "state", "version", "attributes", "metadata"],
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"type": "string"},
+        "owner": {"type": "string"},
+        "state": {"type": "string"},
+        "version": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "+1 on every change: with the id, a change's stable identity",
+        },
+        "attributes": {"type": "object"},
+        "metadata": {"type": "object"},
+        "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "started_at": _TIME_OUT,
+        "last_activity_at": _TIME_OUT,
+        "ended_at": _TIME_OUT,
+        "end_reason": {"type": ["string", "null"]},
+        "end_detail": {"type": ["string", "null"]},
+        "duration_seconds": {"type": ["number", "null"]},
+        "stream": {"$ref": "#/components/schemas/StreamPosition"},
+    },
+}
+STREAM_SCHEMA: JSON = {
+    "title": "StreamPosition",
+    "description": "The realtime topic's position this answer reflects (read before it): "
+    "subscribe from here and nothing is missed",
+    "type": "object",
+    "required": ["topic", "offset", "epoch"],
+    "properties": {
+        "topic": {"type": "string"},
+        "offset": {"type": "integer", "minimum": 0},
+        "epoch": {"type": "string"},
+    },
+}
+_SESSION_REF: JSON = {"$ref": "#/components/schemas/Session"}
+
+
+def _answer(status: int, schema: JSON, description: str | None = None) -> dict[int | str, Any]:
+    entry: JSON = {"content": {"application/json": {"schema": schema}}}
+    if description:
+        entry["description"] = description
+    return {status: entry}
+
+
+_SESSION_ANSWER = _answer(200, _SESSION_REF, "The session (ETag: its version)")
+_REPLAYED: dict[int | str, dict[str, Any]] = {
+    **_answer(201, _SESSION_REF, "Created (ETag: its version)"),
+    **_answer(
+        200,
+        _SESSION_REF,
+        "An earlier request with this Idempotency-Key created the session: it is returned, "
+        "nothing new is created",
+    ),
+}
+
+
+@router.post(
+    "/sessions",
+    status_code=201,
+    summary="Create a session",
+    responses={**_REPLAYED, **responses(403, 409)},
+)
 async def create_session(
     body: CreateSession,
     hub: HubDep,
     principal: PrincipalDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="Repeat the request safely: the same key with the same body returns "
+            "the first answer (200); with another body it is a 422",
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Create a session of ``kind``. With an ``Idempotency-Key`` header, repeating the request
     returns the session created the first time (200 instead of 201) and creates nothing; the
@@ -130,25 +300,40 @@ async def create_session(
 
 
 def _fingerprint(body: CreateSession) -> str:
-    """A digest of what the request asks for (key order does not matter)."""
+    """A digest of what the request asks for (key order does not matter). The body's JSON
+    was checked at the edge (``JsonObject``), so it always encodes."""
     canonical = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
-@router.get("/sessions", summary="List sessions")
+@router.get(
+    "/sessions",
+    summary="List sessions",
+    responses=_answer(
+        200,
+        {
+            "type": "object",
+            "required": ["items", "next_cursor", "stream"],
+            "properties": {
+                "items": {"type": "array", "items": _SESSION_REF},
+                "next_cursor": {"type": ["string", "null"], "pattern": CURSOR},
+                "stream": {"$ref": "#/components/schemas/StreamPosition"},
+            },
+        },
+    ),
+)
 async def list_sessions(
     hub: HubDep,
     principal: PrincipalDep,
-    kind: Annotated[
-        list[str] | None, Query(description="Kind(s), comma-separated or repeated")
-    ] = None,
-    state: Annotated[
-        list[str] | None, Query(description="State(s), comma-separated or repeated")
-    ] = None,
+    kind: Annotated[list[str] | None, Query(description=_LIST_KIND_HELP)] = None,
+    state: Annotated[list[str] | None, Query(description=_STATE_HELP)] = None,
     owner: Annotated[str | None, Query(max_length=200)] = None,
     text: Annotated[str | None, Query(max_length=200, description=_TEXT_HELP)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=500, pattern=CURSOR, description="`next_cursor` of the previous page"),
+    ] = None,
 ) -> JSON:
     """Newest first. ``next_cursor`` fetches the next page; non-admins see only their own.
 
@@ -156,7 +341,7 @@ async def list_sessions(
     changes to these sessions, read *before* the snapshot: subscribe from there and nothing
     is missed (a publication whose ``version`` is not newer than the snapshot's is a repeat).
     """
-    kinds = _csv(kind)
+    kinds = _csv(kind)  # an unknown kind matches nothing (the count refuses it, see there)
     states = _states(hub, kinds, state)
     if principal.is_admin and owner is None:
         topic = f"sessions:{kinds[0]}" if len(kinds) == 1 else ALL_TOPIC
@@ -169,12 +354,18 @@ async def list_sessions(
     page = await hub.list_sessions(
         principal,
         SessionQuery(
-            kinds=kinds, states=states, owner=owner, text=text or None, limit=limit, cursor=cursor
+            kinds=kinds,
+            states=states,
+            owner=owner,
+            text=text or None,
+            limit=limit,
+            cursor=_store_cursor(cursor) if cursor else None,
         ),
     )
+    more = page.next_cursor is not None and page.items
     return {
         "items": [hub.view(s) for s in page.items],
-        "next_cursor": page.next_cursor,
+        "next_cursor": _rest_cursor(page.items[-1]) if more else None,
         "stream": _stream(topic, position),
     }
 
@@ -183,13 +374,13 @@ async def list_sessions(
 async def count_sessions(
     hub: HubDep,
     principal: PrincipalDep,
-    kind: Annotated[list[str] | None, Query()] = None,
-    state: Annotated[list[str] | None, Query()] = None,
+    kind: Annotated[list[str] | None, Query(description=_KIND_HELP)] = None,
+    state: Annotated[list[str] | None, Query(description=_STATE_HELP)] = None,
     owner: Annotated[str | None, Query(max_length=200)] = None,
     text: Annotated[str | None, Query(max_length=200, description=_TEXT_HELP)] = None,
 ) -> JSON:
     """``count`` matches the filters; ``active_sessions`` counts those not yet ended."""
-    kinds = _csv(kind)
+    kinds = _kinds(hub, kind)
     q = SessionQuery(kinds=kinds, states=_states(hub, kinds, state), owner=owner, text=text or None)
     total = await hub.count(principal, q)
     active = 0
@@ -207,22 +398,29 @@ async def count_sessions(
     return {"count": total, "active_sessions": active}
 
 
-@router.get("/sessions/{session_id}", summary="Read a session")
+@router.get("/sessions/{session_id}", summary="Read a session", responses=_SESSION_ANSWER)
 async def get_session(session_id: str, hub: HubDep, principal: PrincipalDep) -> JSONResponse:
     """The session, with ``stream``: the position of ``session:<id>`` this snapshot reflects."""
     position = await hub.broker.position(f"session:{session_id}")
     return session_response(hub, await hub.get(principal, session_id), position=position)
 
 
-@router.patch("/sessions/{session_id}", summary="Change attributes and metadata")
+@router.patch(
+    "/sessions/{session_id}",
+    summary="Change attributes and metadata",
+    responses={**_SESSION_ANSWER, **responses(403, 409, 412)},
+)
 async def patch_session(
     session_id: str,
     body: PatchSession,
     hub: HubDep,
     principal: PrincipalDep,
-    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+    if_match: IfMatch = None,
 ) -> JSONResponse:
-    """With ``If-Match: "<version>"`` the change applies only to that version (else 412)."""
+    """With ``If-Match: "<version>"`` the change applies only to that version (else 412);
+    without it the change is merged onto the current version. Which attributes exist, and
+    which may not change after creation, is the session's kind's (``GET /api/kinds``): any
+    other is a 422 naming the attribute."""
     if body.attributes is None and body.metadata is None:
         raise InvalidInput("nothing to change: send attributes and/or metadata")
     session = await hub.update(
@@ -235,14 +433,18 @@ async def patch_session(
     return session_response(hub, session)
 
 
-@router.post("/sessions/{session_id}/actions/{action}", summary="Apply a lifecycle action")
+@router.post(
+    "/sessions/{session_id}/actions/{action}",
+    summary="Apply a lifecycle action",
+    responses={**_SESSION_ANSWER, **responses(403, 409, 412)},
+)
 async def act(
     session_id: str,
     action: str,
     hub: HubDep,
     principal: PrincipalDep,
     body: ActionBody | None = None,
-    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+    if_match: IfMatch = None,
 ) -> JSONResponse:
     """Move the session by a named action of its kind (GET /api/kinds lists them).
     Illegal from the current state -> 409 with ``current``; not your role -> 403."""
@@ -256,8 +458,13 @@ async def act(
     return session_response(hub, session)
 
 
-@router.post("/sessions/{session_id}/heartbeat", summary="Keep a session alive")
+@router.post(
+    "/sessions/{session_id}/heartbeat", summary="Keep a session alive", responses=responses(409)
+)
 async def heartbeat(session_id: str, hub: HubDep, principal: PrincipalDep) -> JSON:
+    """Accepted in memory (200 at once) and written within the sweep interval (at most
+    5 s); after a crash the session gets a whole timeout to be heard again, so a lost
+    heartbeat never drops a live session (``docs/reliability.md``). 409: it has ended."""
     at = await hub.heartbeat(principal, session_id)
     return {"ok": True, "session_id": session_id, "last_activity_at": iso(at)}
 
@@ -310,3 +517,215 @@ async def kinds(hub: HubDep, _principal: PrincipalDep) -> JSON:
             }
         )
     return {"kinds": out}
+
+
+# -- what the OpenAPI document says about the registered kinds --------------------------------
+
+
+def _attr_schema(spec: Attr) -> JSON:
+    """One attribute as ``Kind.validate_attributes`` checks it."""
+    types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
+    options: list[JSON] = []
+    for t in types:
+        if t is str:
+            options.append({"type": "string", **_limit(spec.max_length)})
+        elif t is bool:
+            options.append({"type": "boolean"})
+        elif t is int:
+            options.append({"type": "integer", "minimum": MIN_NUMBER, "maximum": MAX_NUMBER})
+        elif t is float:
+            options.append({"type": "number", "minimum": MIN_NUMBER, "maximum": MAX_NUMBER})
+        elif t is dict:
+            options.append({"$ref": "#/components/schemas/JsonObject"})
+        elif t is list:
+            options.append({"$ref": "#/components/schemas/JsonArray"})
+        else:  # a type this table does not know: no claim beyond "some JSON"
+            options.append({"$ref": "#/components/schemas/JsonValue"})
+    out: JSON = options[0] if len(options) == 1 else {"anyOf": options}
+    if spec.choices is not None:
+        return {"enum": list(spec.choices)}  # null only if it is a choice
+    if not spec.required:
+        out = {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+def _limit(max_length: int | None) -> JSON:
+    return {} if max_length is None else {"maxLength": max_length}
+
+
+#: An ISO-8601 time as the imaging kind reads it (``datetime.fromisoformat``): a valid
+#: date-time, upper-case ``T``, no leap second.
+_TIME: JSON = {
+    "anyOf": [
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]+)?"
+            r"(Z|[+-][0-9]{2}:[0-9]{2})$",
+        },
+        {"type": "null"},
+    ]
+}
+
+
+def _imaging_rules() -> dict[str, JSON]:
+    """What the imaging kind checks beyond its attribute table (``Imaging.
+    validate_attributes``): nested shapes. Until a kind can state its own schema (a
+    ``Kind.attributes_schema()``), the REST layer says it; the OpenAPI test keeps the two
+    in step (a schema-valid body the kind refuses fails it)."""
+    from ..kinds import imaging
+
+    states = list(imaging.ACTIVITIES)
+    counts: JSON = {
+        "type": "object",
+        "maxProperties": 64,
+        "propertyNames": {"maxLength": 64},
+        "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_NUMBER},
+    }
+    activity: JSON = {
+        "type": "object",
+        "required": ["state"],
+        "properties": {
+            "state": {"enum": states},
+            "previous": {"enum": [None, *states]},
+            "since": _TIME,
+            "timeline": {
+                "type": "array",
+                "maxItems": imaging.TIMELINE,
+                "items": {
+                    "type": "object",
+                    "required": ["state"],
+                    "properties": {"state": {"enum": states}},
+                },
+            },
+        },
+    }
+    rules: dict[str, JSON] = {name: _TIME for name in imaging._TIMES}
+    rules.update({name: _nullable(counts) for name in imaging._COUNTS})
+    rules["activity"] = _nullable(activity)
+    rules["target_coordinates"] = _nullable(
+        {
+            "type": "object",
+            "propertyNames": {"enum": ["ra", "dec"]},
+            "additionalProperties": {"type": ["string", "null"]},
+        }
+    )
+    rules["recent_events"] = _nullable(
+        {
+            "type": "array",
+            "maxItems": 2 * imaging.RECENT_EVENTS,
+            "items": {
+                "type": "object",
+                "required": ["eventType", "timestamp"],
+                "properties": {"eventType": {"type": "string"}, "timestamp": {"type": "string"}},
+            },
+        }
+    )
+    rules["equipment"] = _nullable(
+        {
+            "type": "object",
+            "maxProperties": 32,
+            "additionalProperties": {
+                "type": "object",
+                "required": ["connected"],
+                "properties": {"connected": {"type": "boolean"}},
+            },
+        }
+    )
+    return rules
+
+
+def _nullable(schema: JSON) -> JSON:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+#: Kind -> attribute -> schema, for kinds whose checks go beyond their attribute table.
+_BEYOND_THE_TABLE = {"imaging": _imaging_rules}
+
+
+def _create_variant(kind: Kind, default: bool) -> JSON:
+    """``POST /api/sessions`` for one kind: exactly what it accepts."""
+    required = sorted(n for n, a in kind.attributes.items() if a.required)
+    properties = {n: _attr_schema(a) for n, a in kind.attributes.items()}
+    rules = _BEYOND_THE_TABLE.get(kind.name)
+    if rules is not None:
+        properties.update({n: s for n, s in rules().items() if n in properties})
+    attributes: JSON = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "description": f"The attributes of kind {kind.name!r}",
+    }
+    if required:
+        attributes["required"] = required
+    metadata: JSON = {"$ref": "#/components/schemas/JsonObject"}
+    if kind.reserved_metadata:
+        metadata = {
+            "allOf": [metadata],
+            "propertyNames": {"not": {"enum": sorted(kind.reserved_metadata)}},
+            "description": "Free JSON; the kind's own keys are reserved",
+        }
+    props = dict(_CREATE_COMMON)
+    props.update(kind={"const": kind.name}, attributes=attributes, metadata=metadata)
+    variant: JSON = {
+        "type": "object",
+        "title": f"Create a {kind.name} session",
+        "additionalProperties": False,
+        "properties": props,
+    }
+    needs = ([] if default else ["kind"]) + (["attributes"] if required else [])
+    if needs:
+        variant["required"] = needs
+    return variant
+
+
+_CREATE_COMMON: JSON = {
+    "owner": CreateSession.model_json_schema()["properties"]["owner"],
+}
+
+
+def _names_pattern(names: Iterable[str]) -> str:
+    """Comma-separated names (blanks between commas are skipped, as ``_csv`` does)."""
+    alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    one = rf"\s*(?:{alt})?\s*"
+    return rf"^{one}(?:,{one})*$"
+
+
+def describe(schema: JSON, kinds: Mapping[str, Kind]) -> JSON:
+    """Fill the OpenAPI document with what depends on the registered ``kinds``: the body of
+    ``POST /api/sessions`` (one variant per kind) and the names the ``kind`` and ``state``
+    filters accept."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(Session=SESSION_SCHEMA, StreamPosition=STREAM_SCHEMA)
+    paths = schema.get("paths", {})
+    create = paths.get("/api/sessions", {}).get("post")
+    if create is not None:
+        variants = [_create_variant(k, k.name == "generic") for k in kinds.values()]
+        content = create["requestBody"]["content"]["application/json"]
+        content["schema"] = {"anyOf": variants}
+    actions = sorted({t.action for k in kinds.values() for t in k.lifecycle.transitions})
+    act = paths.get("/api/sessions/{session_id}/actions/{action}", {}).get("post", {})
+    for param in act.get("parameters", []):
+        if param["name"] == "action" and param["in"] == "path":
+            # Every kind's actions; one the session's kind does not have is a 404.
+            param["schema"] = {"type": "string", "enum": actions}
+    states = {s for k in kinds.values() for s in k.lifecycle.states}
+    # The list takes any kind name (an unknown one matches nothing); the count refuses one.
+    accepted = {
+        "/api/sessions": {"state": states},
+        "/api/sessions/count": {"state": states, "kind": set(kinds)},
+    }
+    for path, filters in accepted.items():
+        for param in paths.get(path, {}).get("get", {}).get("parameters", []):
+            names = filters.get(param["name"])
+            if names is not None and param["in"] == "query":
+                param["schema"] = {
+                    "anyOf": [
+                        {
+                            "type": "array",
+                            "items": {"type": "string", "pattern": _names_pattern(names)},
+                        },
+                        {"type": "null"},
+                    ]
+                }
+    return schema

@@ -42,6 +42,7 @@ from ..core.recovery import activate as join_stream
 from ..core.recovery import recover as decide
 from ..core.streams import Publication, StreamPosition
 from .deps import get_runtime
+from .problems import responses
 from .realtime.centrifugo import may_read
 from .realtime.conn import Conn
 from .realtime.node import RealtimeNode
@@ -251,7 +252,13 @@ def _describe(since: Resume) -> dict[str, object] | None:
     "/stream",
     summary="Follow topics over Server-Sent Events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {
+            "description": "The stream: `subscribed`, `pub`, `unrecovered`, `disconnect` events",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **responses(403, 429),
+    },
 )
 async def stream(
     request: Request,
@@ -284,7 +291,7 @@ async def stream(
             raise InvalidInput(f"{name!r} is not a topic name")
         if not await may_read(node, principal, name):
             raise Forbidden(f"you may not follow {name!r}")
-    resume = parse_id(last_event_id or last_event_id_q or "", names)
+    resume = _resume(last_event_id or last_event_id_q or "", names)
     peer = request.client.host if request.client else ""
     if not node.admit(peer):
         raise TooManyRequests("too many open streams and sockets from this address")
@@ -323,6 +330,18 @@ async def stream(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _resume(last_id: str, names: list[str]) -> dict[str, Resume]:
+    """What each topic resumes from. A client that sent an id asked to resume: a topic the
+    id names no position for (``sessions@3`` on a stream of ``user:alice``) cannot be shown
+    continuous, so it is ``unrecovered``, never a silent fresh start."""
+    resume = parse_id(last_id, names)
+    if last_id.strip():
+        for name in names:
+            if resume[name] is None:
+                resume[name] = Malformed(last_id[:80], f"the id names no position of {name}")
+    return resume
 
 
 def _headers(request: Request) -> Mapping[str, str]:

@@ -25,8 +25,8 @@ from starlette.routing import Route
 from .. import __version__
 from ..core.errors import NotFound
 from ..core.model import JSON
-from . import dashboard
-from .deps import RuntimeDep
+from . import dashboard, problems, rest
+from .deps import RuntimeDep, resolve_json_refs
 from .observe import Metrics
 from .problems import problem
 from .runtime import Runtime
@@ -56,7 +56,7 @@ async def health(request: Request) -> JSON:
     return out
 
 
-@router.get("/api/ready", summary="Readiness (checks the store)")
+@router.get("/api/ready", summary="Readiness (checks the store)", responses=problems.responses(503))
 async def ready(runtime: RuntimeDep) -> JSONResponse:
     try:
         await runtime.hub.ping()
@@ -184,8 +184,9 @@ SECURITY_SCHEMES: JSON = {
         "description": "A service key from `SESSIONHUB_API_KEYS` (16+ characters).",
     },
 }
-#: Operations anyone may call.
-PUBLIC_PATHS = frozenset({"/api/health", "/api/ready"})
+#: Operations anyone may call: the probes, and the rooms' lookup (seed 003: rooms are
+#: anonymous, as Aesthetic Computer's are).
+PUBLIC_PATHS = frozenset({"/api/health", "/api/ready", "/api/config/health", "/session/{slug}"})
 
 
 def add_security(schema: JSON) -> JSON:
@@ -198,8 +199,10 @@ def add_security(schema: JSON) -> JSON:
     return schema
 
 
-def install(app: FastAPI, _runtime: Runtime | None = None) -> None:
-    """Serve the docs from local assets and add the security schemes to the OpenAPI document.
+def install(app: FastAPI, runtime: Runtime | None = None) -> None:
+    """Serve the docs from local assets and complete the OpenAPI document: the security
+    schemes, the problems every operation can answer (``problems.document``), the free-JSON
+    schemas and what depends on ``runtime``'s kinds (``rest.describe``).
 
     FastAPI registers its own ``/docs`` and ``/redoc`` when the app is constructed, and
     those load their assets from a CDN; they are removed here so this module's pages answer.
@@ -219,7 +222,10 @@ def install(app: FastAPI, _runtime: Runtime | None = None) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_security(generate())
+            schema = problems.document(add_security(generate()))
+            if runtime is not None:
+                schema = rest.describe(schema, runtime.hub.kinds)
+            app.openapi_schema = resolve_json_refs(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

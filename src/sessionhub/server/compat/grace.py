@@ -18,16 +18,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.errors import IllegalTransition, NotFound, SessionHubError
+from ...core.errors import Forbidden, IllegalTransition, NotFound, SessionHubError
 from ...core.model import JSON, Session
 from ...core.principal import Principal
 from ...core.query import SessionQuery
 from ...hub import Hub
-from ...kinds.remote_access import naive_iso, stop_reason
-from ...kinds.screen_share import stream_url
+from ...kinds.remote_access import SAFETY_MODES, naive_iso, stop_reason
+from ...kinds.screen_share import QUALITY, stream_url
 from ...relay import frames as relay_feature
 from ...workflows import remote
-from ..deps import HubDep, PrincipalDep, RuntimeDep
+from ..deps import HubDep, JsonObject, PrincipalDep, RuntimeDep
+from ..problems import NO_NUL, responses
 from ..runtime import Runtime
 
 router = APIRouter(prefix="/api", tags=["grace (seed 004)"])
@@ -46,35 +47,56 @@ class NotPending(SessionHubError):
     title = "Not pending approval"
 
 
+def _started(*fields: str) -> dict[int | str, Any]:
+    """The answer to a start: the new session's id (which the other routes take)."""
+    props: dict[str, Any] = {"success": {"const": True}, "session_id": {"type": "string"}}
+    props.update({f: {"type": "string"} for f in fields})
+    schema = {
+        "type": "object",
+        "required": ["success", "session_id", "status"],
+        "properties": props,
+    }
+    return {200: {"content": {"application/json": {"schema": schema}}}}
+
+
+_REASON = Field(default=None, max_length=1000, pattern=NO_NUL)
+_USER = Field(default=None, max_length=200, pattern=NO_NUL)
+
+
 # -- request bodies (lenient: the real client may send more) -----------------------------
 
 
 class StartRemote(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    user_id: str | None = Field(default=None, max_length=200)
-    safety_mode: str = Field(default="supervised", max_length=32)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    user_id: str | None = _USER
+    safety_mode: str = Field(
+        default="supervised", max_length=32, json_schema_extra={"enum": list(SAFETY_MODES)}
+    )
+    metadata: JsonObject = Field(
+        default_factory=dict,
+        json_schema_extra={"propertyNames": {"not": {"const": remote.COMMANDS_KEY}}},
+    )
 
 
 class StopRemote(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = _REASON
 
 
 class Decision(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = _REASON
 
 
 class StartScreen(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    user_id: str | None = Field(default=None, max_length=200)
-    quality: str = Field(default="medium", max_length=16)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    user_id: str | None = _USER
+    quality: str = Field(default="medium", max_length=16, json_schema_extra={"enum": list(QUALITY)})
+    metadata: JsonObject = Field(default_factory=dict)
     viewers: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=relay_feature.MAX_VIEWERS
     )
@@ -84,28 +106,30 @@ class StopScreen(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     session_id: str = Field(max_length=64)
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = _REASON
 
 
 class SubmitCommand(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: str = Field(min_length=1, max_length=remote.MAX_COMMAND_CHARS)
-    writes: bool = Field(default=False, description="Whether the command changes anything.")
+    writes: bool = Field(
+        default=False, strict=True, description="Whether the command changes anything."
+    )
 
 
 class CompleteCommand(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    success: bool = True
-    exit_code: int | None = None
+    success: bool = Field(default=True, strict=True)
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
     output: str | None = Field(default=None, max_length=1_000_000)
 
 
 class Admit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(min_length=1, max_length=200)
+    user_id: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
 
 
 # -- views ---------------------------------------------------------------------------------
@@ -215,7 +239,7 @@ async def _get(hub: Hub, principal: Principal, session_id: str, kind: str) -> Se
 # -- remote access ---------------------------------------------------------------------------
 
 
-@router.post("/remote/start", summary="Start a remote access session")
+@router.post("/remote/start", summary="Start a remote access session", responses=_started("status"))
 async def remote_start(body: StartRemote, hub: HubDep, principal: PrincipalDep) -> JSON:
     """``autonomous`` waits for an admin (``pending_approval``); the other modes start active."""
     s, _ = await hub.create(
@@ -234,7 +258,11 @@ async def remote_start(body: StartRemote, hub: HubDep, principal: PrincipalDep) 
     }
 
 
-@router.post("/remote/stop/{session_id}", summary="Stop a remote access session")
+@router.post(
+    "/remote/stop/{session_id}",
+    summary="Stop a remote access session",
+    responses=responses(409),
+)
 async def remote_stop(
     session_id: str, hub: HubDep, principal: PrincipalDep, body: StopRemote | None = None
 ) -> JSON:
@@ -259,6 +287,9 @@ async def _decide(
     hub: Hub, principal: Principal, session_id: str, action: str, reason: str | None
 ) -> Session:
     s = await _get(hub, principal, session_id, REMOTE)
+    if not principal.is_admin:
+        # Another role is refused whatever the session's state (403 before Grace's 400).
+        raise Forbidden("only admins approve or deny remote access")
     if s.state != "pending_approval":
         raise NotPending(f"session {session_id!r} is {s.state!r}, not pending approval")
     try:
@@ -267,21 +298,37 @@ async def _decide(
         raise NotPending(exc.detail) from None
 
 
-@router.post("/remote/approve/{session_id}", summary="Approve an autonomous session (admin)")
+#: Deciding a session that waits for nobody is Grace's 400 (``NotPending``).
+_DECISION = responses(400, 403)
+
+
+@router.post(
+    "/remote/approve/{session_id}",
+    summary="Approve an autonomous session (admin)",
+    responses=_DECISION,
+)
 async def remote_approve(session_id: str, hub: HubDep, principal: PrincipalDep) -> JSON:
+    """Admins only (403). A session not waiting for approval is Grace's 400."""
     s = await _decide(hub, principal, session_id, "approve", None)
     return {"success": True, "session_id": s.id, "status": s.state}
 
 
-@router.post("/remote/deny/{session_id}", summary="Deny an autonomous session (admin)")
+@router.post(
+    "/remote/deny/{session_id}", summary="Deny an autonomous session (admin)", responses=_DECISION
+)
 async def remote_deny(
     session_id: str, hub: HubDep, principal: PrincipalDep, body: Decision | None = None
 ) -> JSON:
+    """Admins only (403). A session not waiting for approval is Grace's 400."""
     s = await _decide(hub, principal, session_id, "deny", body.reason if body else None)
     return {"success": True, "session_id": s.id, "status": s.state}
 
 
-@router.post("/remote/{session_id}/commands", summary="Submit a command")
+#: Commands: another role (403), a session or command in the wrong state (409).
+_COMMAND = responses(403, 409)
+
+
+@router.post("/remote/{session_id}/commands", summary="Submit a command", responses=_COMMAND)
 async def command_submit(
     session_id: str, body: SubmitCommand, hub: HubDep, principal: PrincipalDep
 ) -> JSON:
@@ -295,13 +342,19 @@ async def command_list(
     session_id: str,
     hub: HubDep,
     principal: PrincipalDep,
-    status: Annotated[str | None, Query(max_length=32)] = None,
+    status: Annotated[
+        str | None, Query(max_length=32, json_schema_extra={"enum": list(remote.STATUSES)})
+    ] = None,
 ) -> JSON:
     cmds = await remote.list_commands(hub, principal, session_id, status=status)
     return {"session_id": session_id, "commands": cmds, "total": len(cmds)}
 
 
-@router.post("/remote/{session_id}/commands/{command_id}/approve", summary="Approve a command")
+@router.post(
+    "/remote/{session_id}/commands/{command_id}/approve",
+    summary="Approve a command",
+    responses=_COMMAND,
+)
 async def command_approve(
     session_id: str, command_id: str, hub: HubDep, principal: PrincipalDep
 ) -> JSON:
@@ -309,7 +362,11 @@ async def command_approve(
     return {"success": True, "session_id": session_id, "command": cmd}
 
 
-@router.post("/remote/{session_id}/commands/{command_id}/reject", summary="Reject a command")
+@router.post(
+    "/remote/{session_id}/commands/{command_id}/reject",
+    summary="Reject a command",
+    responses=_COMMAND,
+)
 async def command_reject(
     session_id: str, command_id: str, hub: HubDep, principal: PrincipalDep
 ) -> JSON:
@@ -318,7 +375,9 @@ async def command_reject(
 
 
 @router.post(
-    "/remote/{session_id}/commands/{command_id}/complete", summary="Report a command's result"
+    "/remote/{session_id}/commands/{command_id}/complete",
+    summary="Report a command's result",
+    responses=_COMMAND,
 )
 async def command_complete(
     session_id: str,
@@ -349,7 +408,11 @@ async def command_complete(
 # -- screen share ----------------------------------------------------------------------------
 
 
-@router.post("/screen_share/start", summary="Start a screen share")
+@router.post(
+    "/screen_share/start",
+    summary="Start a screen share",
+    responses=_started("status", "stream_url", "quality"),
+)
 async def screen_start(body: StartScreen, hub: HubDep, principal: PrincipalDep) -> JSON:
     attributes: JSON = {"quality": body.quality}
     if body.viewers:
@@ -370,7 +433,7 @@ async def screen_start(body: StartScreen, hub: HubDep, principal: PrincipalDep) 
     }
 
 
-@router.post("/screen_share/stop", summary="Stop a screen share")
+@router.post("/screen_share/stop", summary="Stop a screen share", responses=responses(404, 409))
 async def screen_stop(body: StopScreen, runtime: RuntimeDep, principal: PrincipalDep) -> JSON:
     hub = runtime.hub
     await _get(hub, principal, body.session_id, SCREEN)
@@ -393,7 +456,11 @@ async def screen_status_route(
     return screen_status(runtime, await _get(runtime.hub, principal, session_id, SCREEN))
 
 
-@router.post("/screen_share/{session_id}/viewers", summary="Admit a viewer (owner or admin)")
+@router.post(
+    "/screen_share/{session_id}/viewers",
+    summary="Admit a viewer (owner or admin)",
+    responses=responses(403, 409),
+)
 async def screen_admit(session_id: str, body: Admit, hub: HubDep, principal: PrincipalDep) -> JSON:
     viewers = await relay_feature.set_admitted(
         hub, principal, session_id, body.user_id, admitted=True
@@ -402,7 +469,9 @@ async def screen_admit(session_id: str, body: Admit, hub: HubDep, principal: Pri
 
 
 @router.delete(
-    "/screen_share/{session_id}/viewers/{user_id}", summary="Remove a viewer (owner or admin)"
+    "/screen_share/{session_id}/viewers/{user_id}",
+    summary="Remove a viewer (owner or admin)",
+    responses=responses(403, 409),
 )
 async def screen_dismiss(
     session_id: str, user_id: str, hub: HubDep, principal: PrincipalDep
@@ -425,7 +494,9 @@ async def sessions_active(
     return {"active_sessions": items, "total": total}
 
 
-@router.post("/sessions/heartbeat/{session_id}", summary="Keep a session alive")
+@router.post(
+    "/sessions/heartbeat/{session_id}", summary="Keep a session alive", responses=responses(409)
+)
 async def sessions_heartbeat(session_id: str, hub: HubDep, principal: PrincipalDep) -> JSON:
     await hub.heartbeat(principal, session_id)
     return {"success": True}

@@ -12,17 +12,18 @@ The mapping is in ``docs/seeds/jambot.md``.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from ...core.errors import Forbidden, InvalidInput
 from ...core.model import JSON, Session, iso
 from ...core.principal import Principal
 from ...kinds.workspace import STATUSES, chat_id_for
-from ...workflows.workspaces import ROLES, WorkspaceService
-from ..deps import PrincipalDep, get_runtime
+from ...workflows.workspaces import MAX_MESSAGE_CHARS, ROLES, WorkspaceService
+from ..deps import JsonArray, JsonObject, PrincipalDep, get_runtime
+from ..problems import NO_NUL, responses
 
 router = APIRouter(tags=["workspaces (seed 002)"])
 
@@ -36,14 +37,19 @@ def get_workspaces(request: Request) -> WorkspaceService:
 
 ServiceDep = Annotated[WorkspaceService, Depends(get_workspaces)]
 
+#: A workspace's status cannot move that way (409), or it is archived (its chat read-only).
+_CHANGE = responses(409)
+#: The clean-up routes are for admins.
+_ADMIN = responses(403)
+
 
 class CreateWorkspace(BaseModel):
     """JamBot's ``CreateUserSessionRequest``; ``name`` defaults to "Session N"."""
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str | None = Field(default=None, max_length=255)
-    session_metadata: dict[str, Any] | None = None
+    name: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
+    session_metadata: JsonObject | None = None
 
 
 class UpdateWorkspace(BaseModel):
@@ -51,11 +57,11 @@ class UpdateWorkspace(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str | None = Field(default=None, max_length=255)
+    name: str | None = Field(default=None, max_length=255, pattern=NO_NUL)
     status: Status | None = None
-    mission_id: str | None = Field(default=None, max_length=64)
-    session_metadata: dict[str, Any] | None = None
-    assets: list[Any] | None = None
+    mission_id: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
+    session_metadata: JsonObject | None = None
+    assets: JsonArray | None = None
 
 
 class NewMessage(BaseModel):
@@ -63,9 +69,11 @@ class NewMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    role: str = Field(default="user", description=f"one of {list(ROLES)}")
-    content: str
-    message_metadata: dict[str, Any] | None = Field(
+    role: str = Field(
+        default="user", description=f"one of {list(ROLES)}", json_schema_extra={"enum": list(ROLES)}
+    )
+    content: str = Field(max_length=MAX_MESSAGE_CHARS, pattern=NO_NUL)
+    message_metadata: JsonObject | None = Field(
         default=None, validation_alias=AliasChoices("message_metadata", "metadata")
     )
 
@@ -87,7 +95,13 @@ def _admin(principal: Principal) -> None:
         raise Forbidden("the clean-up routes need the admin role")
 
 
-@router.post("/api/sessions/", summary="Create a workspace (JamBot)")
+@router.post(
+    "/api/sessions/",
+    summary="Create a workspace (JamBot)",
+    responses={
+        200: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}
+    },
+)
 async def create_workspace(
     body: CreateWorkspace, service: ServiceDep, principal: PrincipalDep
 ) -> JSON:
@@ -142,7 +156,7 @@ async def active_workspace(
     }
 
 
-@router.put("/api/sessions/{session_id}", summary="Update a workspace (JamBot)")
+@router.put("/api/sessions/{session_id}", summary="Update a workspace (JamBot)", responses=_CHANGE)
 async def update_workspace(
     session_id: str, body: UpdateWorkspace, service: ServiceDep, principal: PrincipalDep
 ) -> JSON:
@@ -161,28 +175,44 @@ async def update_workspace(
 
 
 @router.post(
-    "/api/sessions/{session_id}/link-mission/{mission_id}", summary="Link a mission (JamBot)"
+    "/api/sessions/{session_id}/link-mission/{mission_id}",
+    summary="Link a mission (JamBot)",
+    responses=_CHANGE,
 )
 async def link_mission(
-    session_id: str, mission_id: str, service: ServiceDep, principal: PrincipalDep
+    session_id: str,
+    mission_id: Annotated[str, Path(min_length=1, max_length=64)],
+    service: ServiceDep,
+    principal: PrincipalDep,
 ) -> JSON:
     if not 0 < len(mission_id) <= 64:
         raise InvalidInput("mission_id must be 1 to 64 characters")
     return service.hub.view(await service.link_mission(principal, session_id, mission_id))
 
 
-@router.post("/api/sessions/{session_id}/activity", summary="Record activity (JamBot)")
+@router.post(
+    "/api/sessions/{session_id}/activity", summary="Record activity (JamBot)", responses=_CHANGE
+)
 async def activity(session_id: str, service: ServiceDep, principal: PrincipalDep) -> JSON:
     await service.touch(principal, session_id)
     return {"message": "Activity updated"}
 
 
-@router.post("/api/sessions/{session_id}/complete", summary="Complete a workspace (JamBot)")
+@router.post(
+    "/api/sessions/{session_id}/complete",
+    summary="Complete a workspace (JamBot)",
+    responses=_CHANGE,
+)
 async def complete(session_id: str, service: ServiceDep, principal: PrincipalDep) -> JSON:
     return service.hub.view(await service.complete(principal, session_id))
 
 
-@router.post("/api/sessions/{session_id}/messages", status_code=201, summary="Append a message")
+@router.post(
+    "/api/sessions/{session_id}/messages",
+    status_code=201,
+    summary="Append a message",
+    responses=_CHANGE,
+)
 async def add_message(
     session_id: str, body: NewMessage, service: ServiceDep, principal: PrincipalDep
 ) -> JSON:
@@ -221,7 +251,11 @@ def _age(value: float | None, default: timedelta | None, unit: timedelta) -> tim
     return default if default is not None else unit * 0
 
 
-@router.post("/api/sessions/admin/cleanup/abandon", summary="Abandon idle workspaces (admin)")
+@router.post(
+    "/api/sessions/admin/cleanup/abandon",
+    summary="Abandon idle workspaces (admin)",
+    responses=_ADMIN,
+)
 async def cleanup_abandon(
     service: ServiceDep,
     principal: PrincipalDep,
@@ -237,7 +271,11 @@ async def cleanup_abandon(
     return {"message": f"Abandoned {len(ids)} inactive sessions", "count": len(ids), "ids": ids}
 
 
-@router.post("/api/sessions/admin/cleanup/archive", summary="Archive abandoned workspaces (admin)")
+@router.post(
+    "/api/sessions/admin/cleanup/archive",
+    summary="Archive abandoned workspaces (admin)",
+    responses=_ADMIN,
+)
 async def cleanup_archive(
     service: ServiceDep,
     principal: PrincipalDep,
@@ -252,7 +290,11 @@ async def cleanup_archive(
     return {"message": f"Archived {len(ids)} abandoned sessions", "count": len(ids), "ids": ids}
 
 
-@router.delete("/api/sessions/admin/cleanup/delete", summary="Delete archived workspaces (admin)")
+@router.delete(
+    "/api/sessions/admin/cleanup/delete",
+    summary="Delete archived workspaces (admin)",
+    responses=_ADMIN,
+)
 async def cleanup_delete(
     service: ServiceDep,
     principal: PrincipalDep,
@@ -267,7 +309,9 @@ async def cleanup_delete(
 
 
 @router.post(
-    "/api/sessions/admin/cleanup/delete", summary="Delete archived workspaces (admin, POST)"
+    "/api/sessions/admin/cleanup/delete",
+    summary="Delete archived workspaces (admin, POST)",
+    responses=_ADMIN,
 )
 async def cleanup_delete_post(
     service: ServiceDep,

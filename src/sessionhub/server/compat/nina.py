@@ -29,9 +29,13 @@ from ...core.model import JSON
 from ...core.principal import Principal
 from ...kinds.imaging import js_time
 from ..deps import get_runtime
+from ..problems import responses
 from ..system import health as base_health
 
 router = APIRouter(tags=["NINA (seed 000)"])
+
+#: No rig configured, or none the caller may see (rig names do not leak).
+_RIG = responses(404)
 
 RigQuery = Annotated[
     str | None, Query(max_length=64, description="the rig's name (default: the first you may see)")
@@ -87,19 +91,27 @@ def _refresher(principal: Principal | None, rig: str) -> None:
         raise NotFound(f"no NINA rig {rig!r} you may refresh")
 
 
-@router.get("/api/nina/session-state", summary="The rig's unified session (seed 000)")
+@router.get(
+    "/api/nina/session-state", summary="The rig's unified session (seed 000)", responses=_RIG
+)
 async def session_state(service: ServiceDep, principal: ReaderDep, rig: RigQuery = None) -> JSON:
     return await service.state(_rig(service, principal, rig))
 
 
-@router.post("/api/nina/session-state/refresh", summary="Re-seed from the rig's history")
+@router.post(
+    "/api/nina/session-state/refresh", summary="Re-seed from the rig's history", responses=_RIG
+)
 async def refresh_state(service: ServiceDep, principal: ReaderDep, rig: RigQuery = None) -> JSON:
     name = _rig(service, principal, rig)
     _refresher(principal, name)
     return await service.refresh(name)
 
 
-@router.post("/api/session/refresh", summary="Re-seed from the rig's history (upstream path)")
+@router.post(
+    "/api/session/refresh",
+    summary="Re-seed from the rig's history (upstream path)",
+    responses=_RIG,
+)
 async def refresh_upstream(service: ServiceDep, principal: ReaderDep, rig: RigQuery = None) -> JSON:
     name = _rig(service, principal, rig)
     _refresher(principal, name)

@@ -4,8 +4,11 @@ Used when the server is not uvicorn with :func:`~.native.uvicorn_ws_protocol` (a
 server, a test client). The same :class:`~.conn.Conn` subclasses, so the same protocols;
 slower, because each frame is an ASGI message. Queued messages leave as one frame per write
 (text frames of one connection are joined with newlines, as the Centrifugo protocol allows).
-ASGI has no ping frames, so liveness here is the wire's own (Centrifugo pings) or the ASGI
-server's.
+ASGI carries no ping frames (and no pongs): liveness here is the wire's own (Centrifugo's
+pings) or the ASGI server's WebSocket pings (``uvicorn --ws-ping-interval``; ``serving.py``
+turns uvicorn's on whenever the native engine is not the one serving). A wire that relies
+on protocol pings is therefore never closed as silent by this engine: a client that only
+listens sends nothing an ASGI app could hear.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class AsgiSink:
         self.close_timeout = close_timeout
         #: Called when the queue drained (the frame relay's newest-frame slot).
         self.on_drain: Callable[[], None] | None = None
+        #: Called at each liveness tick instead of a ping (see the module's docstring).
+        self.on_ping: Callable[[], None] | None = None
         #: Text messages of one batch may leave newline-joined in one frame (Conn.joinable).
         self.join = True
 
@@ -55,7 +60,10 @@ class AsgiSink:
         return self._bytes
 
     def ping(self) -> None:
-        return None  # ASGI offers no ping frames
+        # ASGI offers no ping frames, nor a way to hear a pong: the ASGI server's own pings
+        # keep this connection honest, so the tick must not take silence for death.
+        if self.on_ping is not None:
+            self.on_ping()
 
     def close(self, code: int, reason: str) -> None:
         if self._close is None:
@@ -121,6 +129,7 @@ def endpoint(route: Route) -> Callable[[WebSocket], Awaitable[None]]:
         sink.join = conn.joinable
         if not conn.drop_slow:
             sink.on_drain = conn.writable
+        sink.on_ping = lambda: setattr(conn, "heard", True)
         node.register(conn)
         loop = asyncio.get_running_loop()
         writer = loop.create_task(sink.run())

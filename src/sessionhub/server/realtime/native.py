@@ -212,6 +212,10 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         if len(request.target) > MAX_TARGET:
             self._reject(414, f"request target longer than {MAX_TARGET} bytes")
             return
+        if len(head) > MAX_HEAD:
+            # A head handed over whole (uvicorn parsed it first) is checked here too.
+            self._reject(431, "request header fields too large")
+            return
         try:
             response = wsframe.handshake_response(request)
         except wsframe.WebSocketError as exc:
@@ -287,6 +291,10 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         conn.heard = True
         for op, payload in messages:
             if op == wsframe.OP_TEXT or op == wsframe.OP_BINARY:
+                if op == wsframe.OP_TEXT and not _utf8(payload):
+                    # RFC 6455 8.1: a text message that is not UTF-8 fails the connection.
+                    self._protocol_close(wsframe.CLOSE_INVALID_DATA, "text is not UTF-8")
+                    return
                 conn.received(payload, op == wsframe.OP_BINARY)
             elif op == wsframe.OP_PING:
                 assert self._transport is not None
@@ -298,6 +306,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
                     code = wsframe.CLOSE_NORMAL  # no code given: a normal closure
                 elif len(payload) == 1 or not valid_close_code(code):
                     code = wsframe.CLOSE_PROTOCOL_ERROR  # never echo a code that is not one
+                elif not _utf8(payload[2:]):
+                    code = wsframe.CLOSE_INVALID_DATA  # a close reason is UTF-8 (RFC 6455 7.1.6)
                 self._protocol_close(code, "")
                 return
             if self._closing:
@@ -307,6 +317,14 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         if self._conn is not None and not self._conn.closed:
             self._conn.lost()
         self.close(code, reason)
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def uvicorn_ws_protocol(app: Any) -> type[asyncio.Protocol]:
