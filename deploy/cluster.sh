@@ -190,9 +190,6 @@ PY
         >"$DIR/cluster.env"
     export SESSIONHUB_DATABASE_URL=$DATABASE_URL SESSIONHUB_BROKER_URL=$BROKER_URL
     export SESSIONHUB_JWT_SECRET=$secret SESSIONHUB_PUBLIC_URL=$URL
-    # Behind nginx every WebSocket comes from nginx's address: the per-address limit would
-    # count all users together.
-    export SESSIONHUB_REALTIME_MAX_PER_ADDRESS=${SESSIONHUB_REALTIME_MAX_PER_ADDRESS:-1000000}
     # Migrate once before the nodes start (they would also agree among themselves, under
     # an advisory lock; this way a bad URL is one clear line).
     "$SESSIONHUB" migrate >"$DIR/migrate.log" 2>&1 || {

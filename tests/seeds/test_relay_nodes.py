@@ -17,7 +17,11 @@ OWNER = Principal("ana")
 
 
 @pytest.fixture
-async def nodes(runtime: Runtime) -> AsyncIterator[tuple[FrameRelay, FrameRelay, str]]:
+async def nodes(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[FrameRelay, FrameRelay, str]]:
+    # One in-memory broker, two relays: as if the broker were shared by two nodes.
+    monkeypatch.setattr(type(runtime.hub.broker), "shared", True)
     await runtime.start()
     a, b = (
         FrameRelay(runtime.hub, flush_interval=3600),
@@ -71,3 +75,17 @@ async def test_frames_counted_on_the_sharers_node_are_flushed_for_another(
     b.ask_timeout = 0.2
     a.leave(room, sharer)
     assert await b.count_everywhere(sid) == 0
+
+
+async def test_on_one_node_nobody_is_asked(runtime: Runtime) -> None:
+    """With a broker no other node shares, the count is flushed here and nobody is waited
+    for (a stop answers at once even when no sharer is connected anywhere)."""
+    await runtime.start()
+    try:
+        relay = runtime.relay
+        relay.ask_timeout = 30.0  # would show as a hang if it were waited for
+        s, _ = await runtime.hub.create(OWNER, "screen_share")
+        async with asyncio.timeout(5):
+            assert await relay.count_everywhere(s.id) == 0
+    finally:
+        await runtime.close()

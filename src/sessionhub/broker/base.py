@@ -7,7 +7,7 @@ Every implementation (memory for one node, Redis for many) passes the same contr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from ..core.streams import Publication, StreamPosition
 
@@ -25,6 +25,10 @@ class Broker(Protocol):
     ``history`` returns publications after a position only if none in between were lost,
     and otherwise says so (``complete=False``) - never a silent gap.
     """
+
+    #: Whether other nodes share this broker (False: this process is the only node, and
+    #: what only a node knows needs no asking around).
+    shared: ClassVar[bool]
 
     async def start(self) -> None: ...
 

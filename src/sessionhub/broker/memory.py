@@ -7,6 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..core.streams import Publication, StreamPosition
 from .base import Listener
@@ -24,6 +25,8 @@ class _Stream:
 class MemoryBroker:
     """``Broker`` for a single node. History is lost on restart, so each topic gets a new
     epoch per process and clients that held an old one are told they cannot recover."""
+
+    shared: ClassVar[bool] = False
 
     def __init__(
         self,

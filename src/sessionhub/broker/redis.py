@@ -27,7 +27,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
@@ -104,6 +104,8 @@ def channel_prefix(prefix: str, pool: BlockingConnectionPool) -> str:
 class RedisBroker:
     """``Broker`` over Redis, for many nodes (see the module doc; keys: ``_redis_scripts``).
 
+    ``shared``: every node of a cluster uses the same Redis.
+
     Where a new listener starts: at the topic's position when this node began to listen (read
     right after the first ``subscribe`` of the topic, or by any ``position``/``history`` call
     made meanwhile). So "subscribe, then read the position or the history" - what the
@@ -116,6 +118,8 @@ class RedisBroker:
     overtaken on its way) before the history is read to fill it. ``reconnect_backoff``: the
     first and the longest wait before the pub/sub connection is tried again.
     """
+
+    shared: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -420,13 +420,13 @@ class FrameRelay:
     async def count_everywhere(self, session_id: str) -> int:
         """Flush ``session_id``'s frame count wherever it is counted (here, or the node with
         its sharer), so that the session's ``frames_captured`` holds every frame received so
-        far. Returns the frames flushed elsewhere (0 when no node answered within
-        ``ask_timeout``: nobody counts frames of it any more)."""
-        await self.flush(session_id)
-        if session_id in self._control and session_id in self.rooms:
-            room = self.rooms[session_id]
-            if room.sharer is not None:
-                return 0  # the sharer is here: everything was counted (and flushed) here
+        far. Returns the frames this call flushed, here and elsewhere (another node counts
+        as 0 when it did not answer within ``ask_timeout``: then nobody counts frames of it
+        any more)."""
+        here = await self.flush(session_id)
+        room = self.rooms.get(session_id)
+        if not self.hub.broker.shared or (room is not None and room.sharer is not None):
+            return here  # one node, or the sharer is here: everything was counted here
         ask = random_hex(8)
         answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._asked[ask] = answer
@@ -434,9 +434,9 @@ class FrameRelay:
         try:
             await self._tell(session_id, {"op": "flush", "ask": ask})
             async with asyncio.timeout(self.ask_timeout):
-                return await answer
+                return here + await answer
         except TimeoutError:
-            return 0
+            return here
         finally:
             undo()
             self._asked.pop(ask, None)

@@ -437,8 +437,9 @@ async def screen_start(body: StartScreen, hub: HubDep, principal: PrincipalDep) 
 async def screen_stop(body: StopScreen, runtime: RuntimeDep, principal: PrincipalDep) -> JSON:
     hub = runtime.hub
     await _get(hub, principal, body.session_id, SCREEN)
-    # Count every frame received so far into the session before it ends.
-    await runtime.relay.flush(body.session_id)
+    # Count every frame received so far into the session before it ends, whichever node
+    # holds the sharer.
+    await runtime.relay.count_everywhere(body.session_id)
     s = await hub.act(principal, body.session_id, "stop", detail=body.reason)
     return {
         "success": True,
@@ -453,7 +454,10 @@ async def screen_stop(body: StopScreen, runtime: RuntimeDep, principal: Principa
 async def screen_status_route(
     session_id: str, runtime: RuntimeDep, principal: PrincipalDep
 ) -> JSON:
-    return screen_status(runtime, await _get(runtime.hub, principal, session_id, SCREEN))
+    s = await _get(runtime.hub, principal, session_id, SCREEN)
+    if s.state == "active" and await runtime.relay.count_everywhere(session_id):
+        s = await _get(runtime.hub, principal, session_id, SCREEN)  # counted elsewhere: reread
+    return screen_status(runtime, s)
 
 
 @router.post(

@@ -15,7 +15,11 @@ malformed upgrade 400, a peer over its connection limit 429, never silence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import ipaddress
 import logging
+from collections.abc import Mapping
 from typing import Any, cast
 
 from ...core import codes
@@ -50,9 +54,65 @@ def _default_ws_class() -> type[asyncio.Protocol]:
     return cast(type[asyncio.Protocol], cls)
 
 
+@functools.lru_cache(maxsize=8)
+def _trusted(allowed: str | tuple[str, ...]) -> tuple[bool, tuple[Any, ...]]:
+    """uvicorn's ``forwarded_allow_ips`` as (everyone, the networks it names)."""
+    items = allowed.split(",") if isinstance(allowed, str) else allowed
+    names = [i.strip() for i in items if i.strip()]
+    networks = []
+    for name in names:
+        with contextlib.suppress(ValueError):  # not an address (uvicorn allows names too)
+            networks.append(ipaddress.ip_network(name, strict=False))
+    return "*" in names, tuple(networks)
+
+
+def client_address(peer: str, headers: Mapping[str, str], config: Any) -> str:
+    """The address a connection is counted against: the socket's peer, or, behind a proxy
+    uvicorn trusts (``proxy_headers`` and ``forwarded_allow_ips``, as for HTTP requests),
+    the client that proxy names in ``X-Forwarded-For`` (the nearest address it does not
+    trust), so that a load balancer's one address does not exhaust the per-address limit."""
+    forwarded = headers.get("x-forwarded-for")
+    if not forwarded or not getattr(config, "proxy_headers", False):
+        return peer
+    allowed = getattr(config, "forwarded_allow_ips", None) or "127.0.0.1,::1"
+    everyone, networks = _trusted(allowed if isinstance(allowed, str) else tuple(allowed))
+
+    def trusted(address: str) -> bool:
+        if everyone:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    if not trusted(peer):
+        return peer
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    return hops[0] if hops else peer
+
+
 class RealtimeWebSocketProtocol(asyncio.Protocol):
     """uvicorn's ``ws_protocol_class``: serves the node's routes natively and hands any
     other path to uvicorn's default WebSocket protocol."""
+
+    # Slots: one of these lives as long as each socket.
+    __slots__ = (
+        "_abort_handle",
+        "_app_state",
+        "_closing",
+        "_config",
+        "_conn",
+        "_deadline",
+        "_delegate",
+        "_head",
+        "_parser",
+        "_server_state",
+        "_transport",
+    )
 
     #: The ASGI app whose ``state.runtime.realtime`` serves connections.
     app: Any = None
@@ -224,12 +284,12 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         assert self._transport is not None
         peer_info = self._transport.get_extra_info("peername")
         peer = str(peer_info[0]) if isinstance(peer_info, tuple) and peer_info else ""
+        peer = client_address(peer, request.headers, self._config)
         if not node.admit(peer):
             self._reject(429, "too many connections from this address", retry_after=5)
             return
         route, params = found
-        hs = Handshake.from_target(request.target, request.headers, peer)
-        hs = Handshake(hs.path, hs.query, hs.headers, peer, params)
+        hs = Handshake.from_target(request.target, request.headers, peer, params or None)
         self._cancel_deadline()
         self._transport.write(response)
         conn = route.factory(node, self, hs)
