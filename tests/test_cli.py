@@ -265,3 +265,14 @@ def test_token_create_with_a_configured_secret_needs_no_data_dir(
     token = capsys.readouterr().out.strip()
     claims = jwt.decode(token, "configured-secret-0123456789abcdef", algorithms=["HS256"])
     assert claims["exp"] - claims["iat"] == 90 and list(tmp_path.iterdir()) == []
+
+
+def test_the_head_deadline_is_a_setting(tmp_path: Path) -> None:
+    from sessionhub.server.app import create_app
+    from sessionhub.server.serving import uvicorn_config
+
+    s = Settings.from_env({"SESSIONHUB_HTTP_HEAD_TIMEOUT": "2.5"}, data_dir=tmp_path)
+    assert s.http_head_timeout == 2.5
+    s.jwt_secret = "x" * 40
+    config = uvicorn_config(create_app(s), s)
+    assert getattr(config.http, "deadline", None) == 2.5

@@ -72,6 +72,9 @@ class Settings:
     #: balancers' own idle limits (httpx and Node: 5 s, AWS ALB: 60 s), so the server is never
     #: the side that closes a connection a client is about to reuse (a reset request).
     http_keep_alive: float = 75.0
+    #: Seconds a request head may take from its first byte to its blank line (beyond: 408);
+    #: a client dribbling a head byte by byte cannot hold a connection longer.
+    http_head_timeout: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -62,7 +62,9 @@ WIRES = {
     "frames": Wire("frames", 8 << 20, garbage=NO_ANSWER, binary=NO_ANSWER, silent=1011),
     # NINA's dashboard sends nothing but "ping".
     "unified": Wire("unified", 64 * 1024, garbage=NO_ANSWER, binary=NO_ANSWER, silent=1011),
-    # -- rooms (seed 003): add the room socket here once it is on the engine ----------------
+    # Aesthetic Computer's rooms relay what players send (a non-JSON message is dropped);
+    # silence: its own pings, 3012.
+    "rooms": Wire("rooms", 16 * 1024, garbage=NO_ANSWER, binary=NO_ANSWER, silent=3012),
 }
 
 
@@ -91,6 +93,7 @@ async def _setup(tmp_path: Path, rig: NinaSimulator, **extra: Any) -> Setup:
         "nina_url": f"{RIG}={rig.url}",
         "nina_timezone": TZ,
         "nina_guider_poll_interval": 3600.0,
+        "rooms_ping_interval": PING,
     }
     settings = make_settings(tmp_path, **{**options, **extra})
     live = LiveServer(settings).start()
@@ -103,6 +106,7 @@ async def _setup(tmp_path: Path, rig: NinaSimulator, **extra: Any) -> Setup:
         "kato": f"/ws?token={admin}",
         "frames": f"/stream/{share}?token={live.token('alice')}&role=viewer",
         "unified": f"/ws/unified?token={admin}",
+        "rooms": "/room/abuse",
     }
     return Setup(live, paths)
 
@@ -374,6 +378,9 @@ async def test_500_silent_sockets_per_path_are_closed_and_health_stays_fast(
         "SESSIONHUB_NINA_URL": f"{RIG}={rig.url}",
         "SESSIONHUB_NINA_TIMEZONE": TZ,
         "SESSIONHUB_LOG_LEVEL": "warning",
+        "SESSIONHUB_ROOMS_PING_INTERVAL": str(STORM_PING),
+        # Every socket of the storm joins one room from one address.
+        "SESSIONHUB_ROOMS_PER_ADDRESS": "1000",
     }
     server = Server(tmp_path / "data", None, tmp_path / "server.log", env=env)
     n = 500
@@ -391,13 +398,14 @@ async def test_500_silent_sockets_per_path_are_closed_and_health_stays_fast(
                 f"/ws?token={admin}",
                 f"/stream/{share}?token={alice}&role=viewer",
                 f"/ws/unified?token={admin}",
+                "/room/storm",
             ]
             async with HealthProbe(server.url) as health:
                 started = time.monotonic()
                 opened = await asyncio.gather(*(_open_many(server.port, p, n) for p in paths))
                 took = time.monotonic() - started
                 assert all(s.status == 101 for group in opened for s in group)
-                await _until_node(http, lambda d: d["connections"] >= 4 * n, 3, "the storm")
+                await _until_node(http, lambda d: d["connections"] >= len(paths) * n, 3, "the storm")
                 peak = (await _node(http))["connections"]
                 # Silent: closed by the ping policy within two ping intervals (and a bit).
                 waits = [
@@ -413,11 +421,11 @@ async def test_500_silent_sockets_per_path_are_closed_and_health_stays_fast(
     finally:
         server.stop()
     print(
-        f"\n{4 * n} silent sockets opened in {took:.2f} s (peak {peak} open), all closed "
+        f"\n{len(paths) * n} silent sockets opened in {took:.2f} s (peak {peak} open), all closed "
         f"{closed_after:.1f} s after the first; /api/health: {len(health.times)} answers, "
         f"p99 {health.p99() * 1000:.1f} ms, max {max(health.times) * 1000:.1f} ms"
     )
-    assert peak == 4 * n, "every socket of the storm was open at once"
+    assert peak == len(paths) * n, "every socket of the storm was open at once"
     for wire, got in codes.items():
         assert set(got) == {WIRES[wire].silent}, (wire, set(got))
     assert health.failures == 0

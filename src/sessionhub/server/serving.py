@@ -70,6 +70,9 @@ def bounded_http_protocol(head_timeout: float = HEAD_TIMEOUT) -> type[asyncio.Pr
     class BoundedHttp(HttpToolsProtocol):
         """One HTTP connection whose request heads are bounded in size and time."""
 
+        #: Seconds a head may take from its first byte to its blank line.
+        deadline = head_timeout
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._head_bytes = 0
@@ -103,7 +106,7 @@ def bounded_http_protocol(head_timeout: float = HEAD_TIMEOUT) -> type[asyncio.Pr
             self._in_head = True
             self._head_bytes = 0
             self._cancel_head_deadline()
-            self._head_deadline = self.loop.call_later(head_timeout, self._head_late)
+            self._head_deadline = self.loop.call_later(self.deadline, self._head_late)
 
         def on_headers_complete(self) -> None:
             self._in_head = False
@@ -159,9 +162,9 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     """uvicorn settings for ``app``: sessionhub's own WebSocket engine on every realtime
     path, request heads bounded in size and time (``BoundedHttp``), our JSON logging instead
     of uvicorn's, no uvicorn pings (the realtime protocol has its own), and an HTTP
-    keep-alive longer than clients' own. ``Settings.extra["http_head_timeout"]`` changes
-    the head deadline (tests)."""
-    head_timeout = float(settings.extra.get("http_head_timeout", HEAD_TIMEOUT))
+    keep-alive longer than clients' own. The head deadline is ``Settings.http_head_timeout``
+    (``SESSIONHUB_HTTP_HEAD_TIMEOUT``); ``extra["http_head_timeout"]`` still wins (tests)."""
+    head_timeout = float(settings.extra.get("http_head_timeout", settings.http_head_timeout))
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
