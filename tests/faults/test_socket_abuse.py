@@ -405,7 +405,9 @@ async def test_500_silent_sockets_per_path_are_closed_and_health_stays_fast(
                 opened = await asyncio.gather(*(_open_many(server.port, p, n) for p in paths))
                 took = time.monotonic() - started
                 assert all(s.status == 101 for group in opened for s in group)
-                await _until_node(http, lambda d: d["connections"] >= len(paths) * n, 3, "the storm")
+                await _until_node(
+                    http, lambda d: d["connections"] >= len(paths) * n, 3, "the storm"
+                )
                 peak = (await _node(http))["connections"]
                 # Silent: closed by the ping policy within two ping intervals (and a bit).
                 waits = [
