@@ -25,7 +25,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..core.errors import NotFound
 from ..core.model import JSON
-from . import dashboard, problems, rest
+from . import dashboard, problems, rest_schema
 from .deps import RuntimeDep, resolve_json_refs
 from .observe import Metrics
 from .problems import problem
@@ -202,7 +202,7 @@ def add_security(schema: JSON) -> JSON:
 def install(app: FastAPI, runtime: Runtime | None = None) -> None:
     """Serve the docs from local assets and complete the OpenAPI document: the security
     schemes, the problems every operation can answer (``problems.document``), the free-JSON
-    schemas and what depends on ``runtime``'s kinds (``rest.describe``).
+    schemas and what depends on ``runtime``'s kinds (``rest_schema.describe``).
 
     FastAPI registers its own ``/docs`` and ``/redoc`` when the app is constructed, and
     those load their assets from a CDN; they are removed here so this module's pages answer.
@@ -224,7 +224,7 @@ def install(app: FastAPI, runtime: Runtime | None = None) -> None:
         if app.openapi_schema is None:
             schema = problems.document(add_security(generate()))
             if runtime is not None:
-                schema = rest.describe(schema, runtime.hub.kinds)
+                schema = rest_schema.describe(schema, runtime.hub.kinds)
             app.openapi_schema = resolve_json_refs(schema)
         return app.openapi_schema
 
