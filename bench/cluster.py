@@ -2,9 +2,9 @@
 through the load balancer.
 
 Fan-out is ``bench/fanout.py``'s workload with its load generator (``bench/loadgen.c``, driven
-through ``fanout.Fleet``): one publisher (the Centrifugo ``publish`` command on ``bench``), N
-subscribers of that topic, ~300-byte messages, every subscriber's sequence checked. The
-setups are real ``sessionhub serve`` processes on one PostgreSQL database:
+through ``fanout_parts.loadgen.Fleet``): one publisher (the Centrifugo ``publish`` command on
+``bench``), N subscribers of that topic, ~300-byte messages, every subscriber's sequence
+checked. The setups are real ``sessionhub serve`` processes on one PostgreSQL database:
 
 * ``1 node, memory``: the in-process broker - what ``bench/fanout.py`` measures;
 * ``1 node, Redis``: the Redis broker (every publication goes through Redis and back);
@@ -58,8 +58,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # the sibling benchmarks, whose load generators are reused
 
-import fanout  # noqa: E402
-import rest as rest_bench  # noqa: E402
+from fanout_parts import machine  # noqa: E402
+from fanout_parts.loadgen import Fleet, compile_loadgen  # noqa: E402
+from fanout_parts.runs import Cell, Plan, rotated  # noqa: E402
+from fanout_parts.servers import admin_token, sessionhub_command  # noqa: E402
+from fanout_parts.workload import CHANNEL, SECRET  # noqa: E402
+from rest_parts.load import Load, Row  # noqa: E402
 
 PATH = "/connection/websocket"
 DEFAULT_PG = os.environ.get(
@@ -93,7 +97,7 @@ class Proc:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=ROOT,
-                preexec_fn=fanout.child_setup(fanout.SERVER_CPUS),
+                preexec_fn=machine.child_setup(machine.SERVER_CPUS),
             )
 
     def wait(self, port: int, ready_path: str | None = None, within: float = 60.0) -> None:
@@ -158,7 +162,7 @@ def start_node(work: Path, name: str, database: str, broker: str) -> tuple[Proc,
     port = free_port()
     env = {
         **os.environ,
-        "SESSIONHUB_JWT_SECRET": fanout.SECRET,
+        "SESSIONHUB_JWT_SECRET": SECRET,
         "SESSIONHUB_DATABASE_URL": database,
         "SESSIONHUB_BROKER_URL": broker,
         "SESSIONHUB_NODE_ID": name,
@@ -166,7 +170,7 @@ def start_node(work: Path, name: str, database: str, broker: str) -> tuple[Proc,
         "SESSIONHUB_LOG_LEVEL": "warning",
         # As bench/fanout.py runs sessionhub: admins may publish on the bench topic; queues
         # may grow instead of dropping readers slower than a burst (3008).
-        "SESSIONHUB_REALTIME_PUBLISH_TOPICS": fanout.CHANNEL,
+        "SESSIONHUB_REALTIME_PUBLISH_TOPICS": CHANNEL,
         "SESSIONHUB_REALTIME_QUEUE_BYTES": str(1 << 30),
         # Behind nginx every subscriber comes from nginx's address.
         "SESSIONHUB_REALTIME_MAX_PER_ADDRESS": "100000",
@@ -174,7 +178,7 @@ def start_node(work: Path, name: str, database: str, broker: str) -> tuple[Proc,
         # interval, 25 s by default): the Redis columns are then the publications' own cost.
         "SESSIONHUB_PING_INTERVAL": "3600",
     }
-    argv = [*fanout.sessionhub_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [*sessionhub_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = Proc(name, argv, work / f"{name}.log", env)
     proc.wait(port, "/api/ready")
     return proc, port
@@ -207,7 +211,7 @@ def start_nginx(work: Path, name: str, upstreams: list[int]) -> tuple[Proc, int]
 
 @dataclass
 class Setup:
-    """One configuration, as ``fanout.Fleet`` sees a server: where clients connect and the
+    """One configuration, as ``Fleet`` sees a server: where clients connect and the
     CPU of every process on the server side."""
 
     name: str
@@ -269,24 +273,24 @@ class Cost:
 
 @dataclass
 class Fan:
-    cells: dict[tuple[str, int, str], fanout.Cell] = field(default_factory=dict)
+    cells: dict[tuple[str, int, str], Cell] = field(default_factory=dict)
     costs: dict[tuple[str, int], Cost] = field(default_factory=dict)
     spread: dict[tuple[str, int], list[int]] = field(default_factory=dict)
 
 
-def run_fanout(exe: Path, setups: list[Setup], plan: fanout.Plan) -> Fan:
+def run_fanout(exe: Path, setups: list[Setup], plan: Plan) -> Fan:
     fan = Fan()
-    token = fanout.admin_token()
+    token = admin_token()
     for n in plan.ns:
-        fleets: list[tuple[Setup, fanout.Fleet]] = []
+        fleets: list[tuple[Setup, Fleet]] = []
         try:
             for s in setups:
                 before = connections(s.nodes)
-                fleets.append((s, fanout.Fleet(exe, s, n, token)))  # type: ignore[arg-type]
+                fleets.append((s, Fleet(exe, s, n, token)))  # type: ignore[arg-type]
                 after = connections(s.nodes)
                 fan.spread[(s.name, n)] = [a - b for a, b in zip(after, before, strict=True)]
             for r in range(plan.rounds):
-                for s, f in fanout.rotated(fleets, r):
+                for s, f in rotated(fleets, r):
                     for mode in plan.modes:
                         cmd, timeout = plan.command(mode, n)
                         calls = redis_calls(s.redis_port) if s.redis_port else None
@@ -299,7 +303,7 @@ def run_fanout(exe: Path, setups: list[Setup], plan: fanout.Plan) -> Fan:
                             cost.publish += now.get("publish", 0) - calls.get("publish", 0)
                             # Everything Redis ran meanwhile: INFO itself, pings, refreshes.
                             cost.commands += sum(now.values()) - sum(calls.values())
-                        cell = fan.cells.setdefault((s.name, n, mode), fanout.Cell(s.name, n, mode))
+                        cell = fan.cells.setdefault((s.name, n, mode), Cell(s.name, n, mode))
                         cell.results.append(res)
                         print(
                             f"  round {r + 1} {s.name:22} N={n:<5} {mode:6} "
@@ -317,14 +321,14 @@ def run_fanout(exe: Path, setups: list[Setup], plan: fanout.Plan) -> Fan:
 # -- REST ------------------------------------------------------------------------------------
 
 
-def run_rest(base: str, seconds: float) -> rest_bench.Row:
+def run_rest(base: str, seconds: float) -> Row:
     from sessionhub.auth import Authenticator
 
-    headers = {"Authorization": f"Bearer {Authenticator(secret=fanout.SECRET).issue('bench')}"}
-    load = rest_bench.Load(base, headers, 2, 32)
+    headers = {"Authorization": f"Bearer {Authenticator(secret=SECRET).issue('bench')}"}
+    load = Load(base, headers, 2, 32)
     try:
         load.run("create", seconds)  # the sessions the transitions end (and a warm-up)
-        return rest_bench.Row(base, "transitions", load.run("transition", seconds))
+        return Row(base, "transitions", load.run("transition", seconds))
     finally:
         load.close()
 
@@ -347,12 +351,12 @@ async def database(url: str, *, drop_only: bool = False) -> None:
 # -- the run ---------------------------------------------------------------------------------
 
 
-def print_tables(fan: Fan, setups: list[Setup], plan: fanout.Plan, rest_rows: list[Any]) -> None:
+def print_tables(fan: Fan, setups: list[Setup], plan: Plan, rest_rows: list[Any]) -> None:
     cores = os.cpu_count()
     pinning = (
-        f"server side (nodes, Redis, nginx) pinned to CPU {sorted(fanout.SERVER_CPUS)}, load "
-        f"generator to CPU {sorted(fanout.LOADGEN_CPUS or [])}"
-        if fanout.SERVER_CPUS
+        f"server side (nodes, Redis, nginx) pinned to CPU {sorted(machine.SERVER_CPUS)}, load "
+        f"generator to CPU {sorted(machine.LOADGEN_CPUS or [])}"
+        if machine.SERVER_CPUS
         else "nothing pinned"
     )
     print()
@@ -425,10 +429,10 @@ def main() -> int:
             return 2
     cpus = sorted(os.sched_getaffinity(0))
     if args.pin and len(cpus) >= 2:
-        fanout.SERVER_CPUS = {cpus[0]}
-        fanout.LOADGEN_CPUS = set(cpus[1:])
-        os.sched_setaffinity(0, fanout.LOADGEN_CPUS)  # and the REST load generator's
-    plan = fanout.Plan(
+        machine.SERVER_CPUS = {cpus[0]}
+        machine.LOADGEN_CPUS = set(cpus[1:])
+        os.sched_setaffinity(0, machine.LOADGEN_CPUS)  # and the REST load generator's
+    plan = Plan(
         ns=[100, 1000],
         modes=["burst", "rate"],
         burst={100: 3000, 1000: 300} if args.quick else {100: 10000, 1000: 1000},
@@ -451,7 +455,7 @@ def main() -> int:
     try:
         for url in databases:
             asyncio.run(database(url))
-        exe = fanout.compile_loadgen(work)
+        exe = compile_loadgen(work)
         redis, redis_port = start_redis(work)
         procs.append(redis)
 
