@@ -33,7 +33,7 @@ and how long the server and the generator waited for a CPU (``/proc/PID/task/*/s
 a phase above 5 % is flagged, and the summary says whether the machine was quiet enough to
 quote. A message not received 3 s after a phase's last delivery counts as lost there (and
 as a late arrival when it turns up in a later phase). ``--check`` tests the generator itself against the trivial C broadcast server in
-``loadgen.c`` (counts, sequence checks with injected drops and duplicates, latency with an
+``loadgen_parts/server.c`` (counts, sequence checks with injected drops and duplicates, latency with an
 injected delay) and reports its ceiling on this machine. Usage::
 
     .venv/bin/python bench/fanout.py [--quick] [--rounds 3] [--servers a,b] [--json out.json]

@@ -57,6 +57,8 @@ class Lifecycle:
     ended: frozenset[str]
     transitions: tuple[Transition, ...]
     _by_action: dict[str, list[Transition]] = field(default_factory=dict, compare=False)
+    #: Computed once: every change asks whether its session's state is terminal.
+    _terminal: frozenset[str] = field(init=False, default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         rank = {s: i for i, s in enumerate(self.states)}
@@ -74,11 +76,13 @@ class Lifecycle:
             if t.target in self.ended and t.reason is None:
                 raise ValueError(f"transition {t.action!r} ends the session without a reason")
             self._by_action.setdefault(t.action, []).append(t)
+        sources = {s for t in self.transitions for s in t.sources}
+        object.__setattr__(self, "_terminal", frozenset(s for s in self.states if s not in sources))
 
     @property
     def terminal(self) -> frozenset[str]:
-        sources = {s for t in self.transitions for s in t.sources}
-        return frozenset(s for s in self.states if s not in sources)
+        """States no transition leaves."""
+        return self._terminal
 
     @property
     def actions(self) -> tuple[str, ...]:

@@ -256,10 +256,47 @@ def _bad_body(exc: StarletteHTTPException) -> str | None:
     return None
 
 
+def for_error(exc: SessionHubError) -> JSONResponse:
+    """The answer to an engine error (404, 409, 412, ...)."""
+    return problem(exc.status, exc.title, exc.detail, **exc.extra)
+
+
+#: Exceptions meaning a backend did not answer (503), not a bug.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def unavailable(method: str, path: str, exc: Exception) -> JSONResponse:
+    """The answer when the database (or another backend) did not answer: a temporary
+    condition the client may retry."""
+    log.warning(
+        "backend unavailable on %s %s: %s: %s",
+        method,
+        path,
+        type(exc).__name__,
+        str(exc).splitlines()[0] if str(exc) else "",
+    )
+    return problem(503, "Unavailable", "the database is not answering right now; retry shortly")
+
+
+def unexpected(method: str, path: str) -> JSONResponse:
+    """The answer to a bug: logged with its traceback (call it in the ``except``), 500
+    without internals."""
+    log.exception("unhandled error on %s %s", method, path)
+    return problem(
+        500, "Internal error", "the server failed to handle this request; it has been logged"
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(SessionHubError)
     async def _engine_error(_: Request, exc: SessionHubError) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail, **exc.extra)
+        return for_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -284,23 +321,12 @@ def install(app: FastAPI) -> None:
         return problem(exc.status_code, titles.get(exc.status_code, "Error"), detail, headers)
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-        # The database (or another backend) did not answer: a temporary condition the client
-        # may retry, not a bug. Registered per class so Starlette does not re-raise it.
-        log.warning(
-            "backend unavailable on %s %s: %s: %s",
-            request.method,
-            request.url.path,
-            type(exc).__name__,
-            str(exc).splitlines()[0] if str(exc) else "",
-        )
-        return problem(503, "Unavailable", "the database is not answering right now; retry shortly")
+        # Registered per class so Starlette does not re-raise it.
+        return unavailable(request.method, request.url.path, exc)
 
-    for cls in (OperationalError, InterfaceError, DisconnectionError, OSError, TimeoutError):
+    for cls in UNAVAILABLE:
         app.add_exception_handler(cls, _unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(
-            500, "Internal error", "the server failed to handle this request; it has been logged"
-        )
+        return unexpected(request.method, request.url.path)
