@@ -13,9 +13,9 @@ def iso(ts: datetime | None) -> str | None:
     """UTC ISO-8601 with a ``Z`` suffix, or None."""
     if ts is None:
         return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if ts.tzinfo is not UTC:  # already UTC is the common case: no conversion then
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return ts.isoformat().replace("+00:00", "Z")
 
 
 def parse_iso(text: str) -> datetime:

@@ -192,7 +192,15 @@ def session_response(
     body = hub.view(session)
     if position is not None:
         body["stream"] = _stream(f"session:{session.id}", position)
-    return JSONResponse(body, status_code=status, headers={"ETag": f'"{session.version}"'})
+    return OrjsonResponse(body, status_code=status, headers={"ETag": f'"{session.version}"'})
+
+
+class OrjsonResponse(JSONResponse):
+    """A JSON answer encoded by orjson: the same compact UTF-8 JSON as Starlette's, in a
+    fraction of the time (every value was checked to be plain JSON on the way in)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 # -- the bodies of the answers ---------------------------------------------------------------
