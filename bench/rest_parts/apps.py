@@ -98,6 +98,10 @@ def ceiling_app() -> Any:
     async def ready() -> dict[str, Any]:
         return {}
 
+    @app.post("/api/sessions/{session_id}/heartbeat")
+    async def heartbeat(session_id: str) -> dict[str, Any]:  # bench/heartbeats.py's peer
+        return {}
+
     @app.post("/api/sessions")
     async def create() -> dict[str, str]:  # so the load generators can make "sessions"
         return {"id": f"s{random.randrange(1 << 30)}"}
