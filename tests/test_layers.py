@@ -5,7 +5,8 @@
 (and ``workflows``, see docs/architecture.md) -> hub and below · ``server``, ``cli`` -> hub,
 consumers, relay, connectors, scheduler, workflows - never store, broker or presence directly ·
 ``client`` -> core only. ``auth`` (-> core), ``settings``, ``ids`` and ``tasks`` (-> nothing) are leaves anyone
-above the core may use. The package root re-exports the public API.
+above the core may use; ``redis_calls`` (-> core) is the Redis plumbing the broker and the
+presence share (neither may import the other). The package root re-exports the public API.
 """
 
 from __future__ import annotations
@@ -20,15 +21,27 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "sessionhub"
 
 #: What the hub may use, and so what "hub and below" means.
-BELOW_HUB = {"core", "kinds", "store", "broker", "presence", "settings", "ids", "tasks", "root"}
+BELOW_HUB = {
+    "core",
+    "kinds",
+    "store",
+    "broker",
+    "presence",
+    "redis_calls",
+    "settings",
+    "ids",
+    "tasks",
+    "root",
+}
 #: The layers at the hub's side that transports may use.
 SERVICES = {"consumers", "relay", "connectors", "scheduler", "workflows"}
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "kinds": {"core", "kinds"},
     "store": {"core", "store"},
-    "broker": {"core", "broker"},
-    "presence": {"core", "presence"},
+    "broker": {"core", "broker", "redis_calls"},
+    "presence": {"core", "presence", "redis_calls"},
+    "redis_calls": {"core", "redis_calls"},
     "settings": {"settings"},
     "ids": {"ids"},
     "tasks": {"tasks"},
@@ -57,6 +70,7 @@ TOP_LEVEL = {
     "settings": "settings",
     "ids": "ids",
     "tasks": "tasks",
+    "redis_calls": "redis_calls",
     "cli": "cli",
     "demo": "cli",
     "__init__": "root",

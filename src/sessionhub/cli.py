@@ -242,25 +242,30 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("genkey", help="print a new encryption key for SESSIONHUB_ENCRYPTION_KEYS")
     g.set_defaults(func=cmd_genkey)
 
-    d = sub.add_parser(
-        "demo",
-        help="run a server with something moving in every kind, and print its sign-in link",
-        add_help=False,
-        description="A server on a temporary SQLite with a simulated NINA rig and scripted "
-        "users. Options: sessionhub demo --help.",
-    )
-    d.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    d.set_defaults(func=cmd_demo)
-
-    n = sub.add_parser(
-        "nina-sim",
-        help="serve a simulated NINA rig (Advanced API) on loopback",
-        add_help=False,
-        description="Plays a night of a NINA rig: event and image history, guider info and "
-        "the live socket. Options: sessionhub nina-sim --help.",
-    )
-    n.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    n.set_defaults(func=cmd_nina_sim)
+    # Commands with options of their own (``sessionhub demo --help``): the rest passes through.
+    for name, func, help_text, description in (
+        (
+            "demo",
+            cmd_demo,
+            "run a server with something moving in every kind, and print its sign-in link",
+            "A server on a temporary SQLite with a simulated NINA rig and scripted users.",
+        ),
+        (
+            "nina-sim",
+            cmd_nina_sim,
+            "serve a simulated NINA rig (Advanced API) on loopback",
+            "Plays a night of a NINA rig: event and image history, guider info and the live "
+            "socket.",
+        ),
+    ):
+        passthrough = sub.add_parser(
+            name,
+            help=help_text,
+            add_help=False,
+            description=f"{description} Options: sessionhub {name} --help.",
+        )
+        passthrough.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        passthrough.set_defaults(func=func)
 
     t = sub.add_parser("token", help="issue tokens")
     tsub = t.add_subparsers(dest="token_command", required=True)

@@ -1,4 +1,4 @@
-"""The Lua scripts of the Redis broker, and how a script is run (EVALSHA, EVAL on NOSCRIPT).
+"""The Lua scripts of the Redis broker (run by ``redis_calls.Script``: EVALSHA, EVAL on NOSCRIPT).
 
 Layout of one topic (``prefix`` namespaces every name, so two clusters can share a Redis):
 
@@ -17,13 +17,6 @@ good randomness), so a client holding the old one is told it cannot recover.
 """
 
 from __future__ import annotations
-
-import hashlib
-from collections.abc import Sequence
-from typing import Any
-
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 # Drops history entries older than the history ttl from the head of the list. Entries are
 # appended in publish order, so the first young one ends the loop; the list holds at most
@@ -121,22 +114,3 @@ for i = 1, #items do out[3 + i] = items[i] end
 return out
 """
 )
-
-
-class Script:
-    """A Lua script run by its SHA1 (EVALSHA), sent whole (EVAL) only when Redis does not
-    know it (NOSCRIPT: after a restart or SCRIPT FLUSH). EVAL also caches it again, so the
-    fallback costs one extra round trip once, and a call is one round trip otherwise.
-
-    Not redis-py's ``register_script``: its fallback is SCRIPT LOAD plus a second EVALSHA.
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)

@@ -31,16 +31,13 @@ from typing import Any, ClassVar, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from ..core.errors import Unavailable
 from ..core.streams import Publication, StreamPosition
+from ..redis_calls import Calls, Script, redis_pool
 from ._redis_order import Topic
 from ._redis_pubsub import Subscriber
-from ._redis_scripts import PUBLISH, READ, Script
+from ._redis_scripts import PUBLISH, READ
 from .base import Listener
 
 log = logging.getLogger(__name__)
@@ -48,47 +45,6 @@ T = TypeVar("T")
 
 _PUBLISH = Script(PUBLISH)
 _READ = Script(READ)
-
-
-def redis_pool(
-    url: str,
-    *,
-    name: str,
-    socket_timeout: float,
-    socket_connect_timeout: float,
-    health_check_interval: float,
-    max_connections: int,
-) -> BlockingConnectionPool:
-    """A bounded pool for ``url`` (``redis://``, ``rediss://`` or ``unix://``, with db and
-    password): calls wait at most ``socket_timeout`` for a free connection, and no call is
-    retried (a publish that timed out may have run: retrying could publish it twice)."""
-    return BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=socket_timeout,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_connect_timeout,
-        health_check_interval=health_check_interval,
-        retry=Retry(NoBackoff(), 0),
-        client_name=name,
-        decode_responses=False,
-    )
-
-
-async def forget_idle(pool: BlockingConnectionPool) -> None:
-    """Close the pool's idle connections (they reconnect when next used). Called when one
-    connection broke: after a Redis restart every pooled connection is dead, and each would
-    otherwise fail one call of its own before being replaced."""
-    with contextlib.suppress(Exception):
-        await pool.disconnect(inuse_connections=False)
-
-
-def describe(pool: BlockingConnectionPool) -> str:
-    """Where the pool connects to, for error messages (never the password)."""
-    kw = pool.connection_kwargs
-    if "path" in kw:
-        return f"unix:{kw['path']}"
-    return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 def channel_prefix(prefix: str, pool: BlockingConnectionPool) -> str:
@@ -153,10 +109,10 @@ class RedisBroker:
             max_connections=max_connections,
         )
         self._redis = Redis(connection_pool=self._pool)
-        self._where = describe(self._pool)
         self._channels = channel_prefix(prefix, self._pool)
         # Bounds every call, pool wait included, whatever redis-py does inside.
         self._timeout = socket_timeout * 2 + socket_connect_timeout + 0.5
+        self._calls = Calls(self._pool, self._timeout)
         self._gap_grace = gap_grace
         self._subscriber = Subscriber(
             self._pubsub_connection,
@@ -228,22 +184,7 @@ class RedisBroker:
     ) -> T:
         """Run one call, bounded; ``Unavailable`` if Redis does not answer. A call that may
         run twice without harm (a read) is tried once more after a broken connection."""
-        for attempt in (1, 2):
-            try:
-                return await asyncio.wait_for(make(), self._timeout)
-            except RedisConnectionError as exc:
-                await forget_idle(self._pool)
-                if idempotent and attempt == 1:
-                    continue  # most likely a connection Redis closed before it restarted
-                raise self._unavailable(what, exc) from exc
-            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-                raise self._unavailable(what, exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _unavailable(self, what: str, exc: BaseException) -> Unavailable:
-        return Unavailable(
-            f"Redis at {self._where} is unavailable ({what}: {exc or type(exc).__name__})"
-        )
+        return await self._calls(what, make, idempotent=idempotent)
 
     async def _read(
         self, topic: str, since: StreamPosition | None, limit: int

@@ -17,14 +17,8 @@ missed publications (if recovered) or the gap (if not) would be. ``recovered=Fal
 means the caller must reload its state (for example :func:`sessionhub.client.follow`
 fetches a new snapshot).
 
-**A publication's identity is its event's ``(session_id, version)``, not its offset.**
-Delivery is at least once: an event published just before the server crashed may be
-published again after the restart, under a new epoch and a new offset. Every session event
-carries the session's ``version`` (+1 on every change, so each version is one change), and
-a subscription drops a session event whose version it has already delivered for that
-session (it remembers the newest version of the last ``SEEN_SESSIONS`` sessions it saw).
-Publications that are not session events (no ``session_id`` and ``version``) are delivered
-as they come.
+A publication's identity is its event's ``(session_id, version)``, not its offset: repeats
+are dropped by it (:mod:`sessionhub.client.subscription` says how).
 
 This module is the client users import from; it holds the subscription protocol
 (subscribe, resubscribe, recover, follow the offsets) on top of its parts, each a module of

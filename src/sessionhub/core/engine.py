@@ -67,32 +67,64 @@ def _check_metadata(metadata: Any) -> JSON:
     return dict(metadata)
 
 
-def check_json(value: Any, what: str) -> None:
-    """Refuse values that JSON clients and encoders cannot carry faithfully: nesting deeper
-    than ``MAX_JSON_DEPTH``, integers outside 64 bits, NaN or infinite numbers, non-string
-    keys. Walks iteratively, so a hostile value cannot exhaust the stack."""
+#: Numbers beyond this magnitude are refused whether written as integers or as floats: JSON
+#: Schema (and so the OpenAPI document) cannot tell ``1e19`` from ``10000000000000000000``,
+#: and neither can most JSON clients, so the limit is one on the value. It is the largest
+#: double below 2^63, so a float and an integer of the same value agree, and every integer
+#: it lets through fits in 64 bits (the store and the encoders take it).
+MAX_NUMBER = 2**63 - 1024
+MIN_NUMBER = -MAX_NUMBER
+
+
+def _bad_text(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate, which no UTF-8 encoder can write (the
+    publication of the change would fail after it was stored)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def json_fault(value: Any, what: str = "value") -> str | None:
+    """What makes ``value`` something JSON clients and the server's encoders cannot carry
+    faithfully, in words naming ``what`` (None: nothing): nesting deeper than
+    ``MAX_JSON_DEPTH``, numbers beyond ±``MAX_NUMBER`` or not finite, keys that are not
+    strings, text that is not valid Unicode, values that are not JSON. Walks iteratively,
+    so a hostile value cannot exhaust the stack. The REST edge (``server/deps.py``) and
+    every command (``check_json``) ask the same question."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, bool) or item is None or isinstance(item, str):
+        if item is None or isinstance(item, bool):
             continue
-        if isinstance(item, int):
-            if not -(2**63) <= item < 2**63:
-                raise InvalidInput(f"{what} holds an integer outside the 64-bit range")
-        elif isinstance(item, float):
-            if item != item or item in (float("inf"), float("-inf")):
-                raise InvalidInput(f"{what} holds a number that is not finite")
+        if isinstance(item, str):
+            if _bad_text(item):
+                return f"{what} holds a string that is not valid Unicode"
+        elif isinstance(item, int | float):
+            # Integers exactly (as JSON Schema validators compare them), floats as doubles.
+            if item != item or not MIN_NUMBER <= item <= MAX_NUMBER:
+                return f"{what} holds a number outside ±2^63 (or not finite)"
         elif isinstance(item, Mapping | list | tuple):
             if depth > MAX_JSON_DEPTH:
-                raise InvalidInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+                return f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"
             if isinstance(item, Mapping):
-                if not all(isinstance(k, str) for k in item):
-                    raise InvalidInput(f"{what} keys must be strings")
+                for key in item:
+                    if not isinstance(key, str) or _bad_text(key):
+                        return f"{what} has a key that is not a valid Unicode string"
                 stack.extend((child, depth + 1) for child in item.values())
             else:
                 stack.extend((child, depth + 1) for child in item)
         else:
-            raise InvalidInput(f"{what} must be plain JSON (objects, arrays, strings, numbers)")
+            return f"{what} must be plain JSON (objects, arrays, strings, numbers)"
+    return None
+
+
+def check_json(value: Any, what: str) -> None:
+    """``InvalidInput`` if ``value`` is not plain JSON a client can read back (``json_fault``)."""
+    fault = json_fault(value, what)
+    if fault is not None:
+        raise InvalidInput(fault)
 
 
 def _check_metadata_size(metadata: JSON) -> None:

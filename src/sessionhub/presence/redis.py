@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import random
@@ -37,14 +36,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from ..core.errors import Unavailable
 from ..core.streams import ClientInfo, PresenceEvent
+from ..redis_calls import Calls, Script, redis_pool
 from .base import PresenceListener
 
 log = logging.getLogger(__name__)
@@ -125,21 +121,7 @@ return {lost, {}}
 )
 
 
-class _Script:
-    """EVALSHA, and EVAL (which caches the script again) when Redis answers NOSCRIPT."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
-
-
-_JOIN_SCRIPT, _LEAVE_SCRIPT, _EXPIRE_SCRIPT = _Script(_JOIN), _Script(_LEAVE), _Script(_EXPIRE)
+_JOIN_SCRIPT, _LEAVE_SCRIPT, _EXPIRE_SCRIPT = Script(_JOIN), Script(_LEAVE), Script(_EXPIRE)
 _WATCHDOG = b"sessionhub-presence-watchdog"
 
 
@@ -183,22 +165,21 @@ class RedisPresence:
         self.prefix = prefix
         self.node = secrets.token_hex(8)
         self._clock = clock
-        self._pool = BlockingConnectionPool.from_url(
+        self._pool = redis_pool(
             url,
-            max_connections=max_connections,
-            timeout=socket_timeout,
+            name=f"{prefix}-presence-{self.node}",
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_connect_timeout,
             health_check_interval=health_check_interval,
-            # No retries: a timed-out script may have run; the caller decides.
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"{prefix}-presence-{self.node}",
-            decode_responses=False,
+            max_connections=max_connections,
         )
         self._redis = Redis(connection_pool=self._pool)
         kw = self._pool.connection_kwargs
-        self._where = kw.get("path") or f"{kw.get('host')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
         self._timeout = socket_timeout * 2 + socket_connect_timeout + 0.5
+        # Every script here may run twice without harm - a join is a renewal the second
+        # time, a leave finds nothing, an expiry nothing more to expire - so each call is
+        # tried once more after a broken connection.
+        self._calls = Calls(self._pool, self._timeout)
         self._ping_interval = health_check_interval
         db = int(kw.get("db") or 0)
         self._channel = f"{prefix if db == 0 else f'{prefix}:db{db}'}:presence-events".encode()
@@ -239,30 +220,8 @@ class RedisPresence:
     # -- calls ----------------------------------------------------------------------------
 
     async def _call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
-        """Run one call, bounded; ``Unavailable`` if Redis does not answer.
-
-        After a broken connection the pool's idle connections are closed (after a Redis
-        restart every one of them is dead, and each would fail a call of its own) and the
-        call is tried once more: every script here may run twice without harm - a join is
-        a renewal the second time, a leave finds nothing, an expiry nothing more to expire.
-        """
-        for attempt in (1, 2):
-            try:
-                return await asyncio.wait_for(make(), self._timeout)
-            except RedisConnectionError as exc:
-                with contextlib.suppress(Exception):
-                    await self._pool.disconnect(inuse_connections=False)
-                if attempt == 1:
-                    continue
-                raise self._unavailable(what, exc) from exc
-            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-                raise self._unavailable(what, exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _unavailable(self, what: str, exc: BaseException) -> Unavailable:
-        return Unavailable(
-            f"Redis at {self._where} is unavailable ({what}: {exc or type(exc).__name__})"
-        )
+        """Run one call, bounded; ``Unavailable`` if Redis does not answer."""
+        return await self._calls(what, make, idempotent=True)
 
     def _keys(self, topic: str) -> list[str]:
         return [

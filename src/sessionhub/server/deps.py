@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from pydantic import AfterValidator, WithJsonSchema
 
-from ..core.engine import MAX_JSON_DEPTH
+from ..core.engine import MAX_JSON_DEPTH, MAX_NUMBER, MIN_NUMBER, json_fault
 from ..core.principal import Principal
 from ..hub import Hub
 from .runtime import Runtime
@@ -51,14 +51,6 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 # -- free JSON in request bodies ----------------------------------------------------------------
 
-#: Numbers beyond this magnitude are refused whether written as integers or as floats: JSON
-#: Schema (and so the OpenAPI document) cannot tell ``1e19`` from ``10000000000000000000``,
-#: and neither can most JSON clients, so the limit is one on the value. It is the largest
-#: double below 2^63, so a float and an integer of the same value agree, and every integer
-#: it lets through fits in 64 bits (the store and the encoders take it).
-MAX_NUMBER = 2**63 - 1024
-MIN_NUMBER = -MAX_NUMBER
-
 #: The JSON Schema of one free JSON value, as the OpenAPI document names it (``$ref``s to
 #: ``components/schemas``): what ``json_value`` below lets through, as far as JSON Schema can
 #: say it. Nesting depth and encoded size are limited too (in words, in the descriptions).
@@ -84,43 +76,12 @@ JSON_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def _bad_text(text: str) -> bool:
-    """Whether ``text`` holds a lone surrogate, which no UTF-8 encoder can write (the
-    publication of the change would fail after it was stored)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def check_json_value(value: Any, what: str = "value") -> Any:
-    """Refuse what JSON clients and the server's encoders cannot carry faithfully, with a
-    message naming ``what``; iterative, so a hostile value cannot exhaust the stack."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if item is None or isinstance(item, bool):
-            continue
-        if isinstance(item, str):
-            if _bad_text(item):
-                raise ValueError(f"{what} holds a string that is not valid Unicode")
-        elif isinstance(item, int | float):
-            # Integers exactly (as JSON Schema validators compare them), floats as doubles.
-            if item != item or not MIN_NUMBER <= item <= MAX_NUMBER:
-                raise ValueError(f"{what} holds a number outside ±2^63 (or not finite)")
-        elif isinstance(item, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                raise ValueError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
-            if isinstance(item, dict):
-                for key in item:
-                    if not isinstance(key, str) or _bad_text(key):
-                        raise ValueError(f"{what} has a key that is not valid Unicode")
-                stack.extend((child, depth + 1) for child in item.values())
-            else:
-                stack.extend((child, depth + 1) for child in item)
-        else:
-            raise ValueError(f"{what} must be plain JSON")
+    """``value``, if it is plain JSON a client can read back (``core.engine.json_fault``);
+    else ``ValueError`` naming ``what`` (pydantic turns it into a 422 naming the field)."""
+    fault = json_fault(value, what)
+    if fault is not None:
+        raise ValueError(fault)
     return value
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from ..core.engine import MAX_NUMBER, MIN_NUMBER
 from ..core.kind import Attr, Kind
 from ..core.model import JSON
-from .deps import MAX_NUMBER, MIN_NUMBER
 from .rest import CreateSession
 
 _TIME_OUT: JSON = {"type": ["string", "null"], "format": "date-time"}
