@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import re
 import sys
@@ -96,6 +97,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{what} {settings.data_dir / 'jwt-secret'}", flush=True)
         print(f"admin sign-in link (valid 24 h): {url}/?token={token}", flush=True)
         print(f"admin token: {token}", flush=True)
+    # Everything imported and built so far lives as long as the process: out of the cyclic
+    # collector's sight. A full collection walked all of it (FastAPI, pydantic, SQLAlchemy:
+    # hundreds of thousands of objects), pausing every request for 50-100 ms now and then:
+    # the p99 of PATCH at half load went from about 106 ms to about 18 ms without it.
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
 
