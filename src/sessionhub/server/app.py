@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,8 +42,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     metrics = Metrics()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        if getattr(app.state, "freeze_gc", False):
+            # Starting imported and built what lives as long as the process (the store's
+            # dialect and pool, the broker, the kinds' code): out of the collector's sight.
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
