@@ -30,6 +30,9 @@ from .problems import NO_NUL, responses
 
 router = APIRouter(prefix="/api", tags=["sessions"])
 
+#: The largest version a session can have (the column is a 32-bit integer).
+MAX_VERSION = 2**31 - 1
+
 
 _OWNER = Field(
     default=None,
@@ -438,7 +441,9 @@ async def session_events(
     session_id: str,
     hub: HubDep,
     principal: PrincipalDep,
-    after_version: Annotated[int, Query(ge=0)] = 0,
+    # A version is a 32-bit column (PostgreSQL's integer): beyond it is a 422, not a
+    # database error.
+    after_version: Annotated[int, Query(ge=0, le=MAX_VERSION)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSON:
     events = await hub.events(principal, session_id, after_version=after_version, limit=limit)
