@@ -31,9 +31,10 @@ run: $(VENV)/.installed
 	$(BIN)/sessionhub migrate
 	$(BIN)/sessionhub serve --port $(PORT)
 
-# The default suite: fast (under two minutes on two cores). Slower suites are marked.
+# The default suite: fast (under two minutes on two cores), one worker per core. Slower
+# suites are marked, and run one test at a time (they measure latency under load).
 test: $(VENV)/.installed-dev node_modules/.installed
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto
 
 # Real server processes, browsers, clusters and longer scenarios (CI runs these too).
 test-slow: $(VENV)/.installed-dev node_modules/.installed
