@@ -208,3 +208,25 @@ async def test_a_bug_on_the_lane_is_a_logged_500_problem(
     assert r.status_code == 500 and r.json()["title"] == "Internal error"
     assert "oops" not in r.text
     assert any("unhandled error on POST" in rec.getMessage() for rec in caplog.records)
+
+
+async def test_of_two_credentials_the_first_counts_as_in_fastapi(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    """Starlette reads the first of repeated headers, even an empty one: so does the lane
+    (a valid token second must not let the request through)."""
+    s = await create(client, auth("alice"))
+    good = auth("alice")["Authorization"]
+    taken: list[bool] = []
+    with lane(True, taken):
+        r = await client.patch(
+            f"/api/sessions/{s['id']}",
+            content=b'{"metadata": {}}',
+            headers=[
+                ("content-type", "application/json"),
+                ("authorization", ""),
+                ("authorization", good),
+            ],
+        )
+    assert taken == [False]
+    assert r.status_code == 401

@@ -42,6 +42,9 @@ _IF_MATCH = re.compile(rest.IF_MATCH)
 #: Content types FastAPI parses as JSON: application/json and application/*+json.
 _JSON_TYPE = re.compile(r"^application/(json|[^;\s]+\+json)\s*(;.*)?$", re.IGNORECASE)
 
+#: The request headers the lane reads (ASGI names them in lower case).
+_READ = frozenset({b"authorization", b"x-api-key", b"content-type", b"if-match"})
+
 Handler = Callable[[str, str, Principal, BaseModel | None, str | None], Awaitable[Response]]
 
 
@@ -134,17 +137,13 @@ class FastLane:
         self, scope: Scope, body: bytes, model: type[BaseModel] | None
     ) -> tuple[Principal, BaseModel | None, str | None] | None:
         """The caller, the parsed body and If-Match, when FastAPI would accept them all."""
-        authorization = api_key = content_type = if_match = None
+        first: dict[bytes, str] = {}
         for name, value in scope["headers"]:
-            # As Starlette's ``headers.get``: the first of several.
-            if name == b"authorization":
-                authorization = authorization or value.decode("latin-1")
-            elif name == b"x-api-key":
-                api_key = api_key or value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = content_type or value.decode("latin-1")
-            elif name == b"if-match":
-                if_match = value.decode("latin-1") if if_match is None else if_match
+            # As Starlette's ``headers.get``: the first of several (even an empty one).
+            if name in _READ and name not in first:
+                first[name] = value.decode("latin-1")
+        authorization, api_key = first.get(b"authorization"), first.get(b"x-api-key")
+        content_type, if_match = first.get(b"content-type"), first.get(b"if-match")
         try:
             principal = self.auth.authenticate(authorization, api_key)
         except Unauthenticated:
