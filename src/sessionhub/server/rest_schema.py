@@ -116,6 +116,9 @@ def _imaging_rules() -> dict[str, JSON]:
     from ..kinds import imaging
 
     states = list(imaging.ACTIVITIES)
+    # Beyond the keys a rule names, an object holds free JSON, with the same bounds as
+    # every JSON value here (numbers within ±(2^63-1024), valid Unicode, ...).
+    free: JSON = {"$ref": "#/components/schemas/JsonValue"}
     counts: JSON = {
         "type": "object",
         "maxProperties": 64,
@@ -136,9 +139,11 @@ def _imaging_rules() -> dict[str, JSON]:
                     "type": "object",
                     "required": ["state"],
                     "properties": {"state": {"enum": states}},
+                    "additionalProperties": free,
                 },
             },
         },
+        "additionalProperties": free,
     }
     rules: dict[str, JSON] = {name: _TIME for name in imaging._TIMES}
     rules.update({name: _nullable(counts) for name in imaging._COUNTS})
@@ -158,6 +163,7 @@ def _imaging_rules() -> dict[str, JSON]:
                 "type": "object",
                 "required": ["eventType", "timestamp"],
                 "properties": {"eventType": {"type": "string"}, "timestamp": {"type": "string"}},
+                "additionalProperties": free,
             },
         }
     )
@@ -169,6 +175,7 @@ def _imaging_rules() -> dict[str, JSON]:
                 "type": "object",
                 "required": ["connected"],
                 "properties": {"connected": {"type": "boolean"}},
+                "additionalProperties": free,
             },
         }
     )
