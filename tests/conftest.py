@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from tests.inprocess import serve_in_process
+from tests.processes import Server
 
 from sessionhub.server.runtime import Runtime, build_runtime
 from sessionhub.settings import Settings
@@ -179,3 +180,12 @@ def auth(token: Callable[..., str]) -> Callable[..., dict[str, str]]:
         return {"Authorization": f"Bearer {token(sub, *roles)}"}
 
     return make
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """Real ``sessionhub serve`` processes a test starts (append them): stopped afterwards."""
+    started: list[Server] = []
+    yield started
+    for s in started:
+        s.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from centrifuge import ClientState
-from tests.realtime.helpers import Proxy
+from tests.realtime.helpers import Proxy, node_or_skip
 
 from .harness import NAMES, Cluster, bearer, token, until
 from .sdk import client, subscribe
@@ -163,19 +162,9 @@ async def test_a_client_reconnecting_to_another_node_recovers_exactly_what_it_mi
         await proxy.close()
 
 
-def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed; the JS SDK test needs Node.js 18+")
-    for pkg in ("centrifuge", "ws"):
-        if not (ROOT / "node_modules" / pkg / "package.json").exists():
-            pytest.skip(f"npm package {pkg!r} missing: run `npm install` (make test does)")
-    return node
-
-
 @pytest.mark.node
 async def test_the_js_sdk_on_every_node_sees_changes_made_anywhere(cluster: Cluster) -> None:
-    node = _node()
+    node = node_or_skip()
     user = "alice-js"
     urls = [cluster.ws(i) for i in range(3)] + [cluster.ws(None)]
     proc = await asyncio.create_subprocess_exec(

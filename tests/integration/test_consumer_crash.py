@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -57,14 +56,6 @@ class Receiver:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 async def test_each_notification_and_webhook_once_across_a_sigkill(

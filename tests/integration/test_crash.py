@@ -18,7 +18,6 @@ import json
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,14 +30,6 @@ pytestmark = pytest.mark.slow
 
 SECRET = "crash-test-secret-0123456789abcdef0123"
 DEADLINE = 25.0  # the whole test stays under 30 s
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 #: The owner of the remote access sessions of the burst (each start notifies its owner).

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import websockets
 from tests.live import until
 from websockets.asyncio.client import ClientConnection
@@ -143,3 +146,16 @@ class Proxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+def node_or_skip() -> str:
+    """The ``node`` binary, once the Node SDK packages are installed (``npm install``, which
+    ``make test`` runs); else the test is skipped with what is missing."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed; the JS SDK test needs Node.js 18+")
+    root = Path(__file__).resolve().parents[2]
+    for pkg in ("centrifuge", "ws"):
+        if not (root / "node_modules" / pkg / "package.json").exists():
+            pytest.skip(f"npm package {pkg!r} missing: run `npm install` (make test does)")
+    return node

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.live import LiveServer
+from tests.realtime.helpers import node_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "node" / "centrifuge_sdk.mjs"
@@ -22,18 +22,8 @@ SCRIPT = ROOT / "tests" / "node" / "centrifuge_sdk.mjs"
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 
-def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed; the JS SDK test needs Node.js 18+")
-    for pkg in ("centrifuge", "ws"):
-        if not (ROOT / "node_modules" / pkg / "package.json").exists():
-            pytest.skip(f"npm package {pkg!r} missing: run `npm install` (make test does)")
-    return node
-
-
 async def run_scenario(live: LiveServer, scenario: str) -> dict[str, Any]:
-    node = _node()
+    node = node_or_skip()
     env = {
         **os.environ,
         "WS_URL": live.ws_url,
