@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import re
 import sys
@@ -97,14 +96,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{what} {settings.data_dir / 'jwt-secret'}", flush=True)
         print(f"admin sign-in link (valid 24 h): {url}/?token={token}", flush=True)
         print(f"admin token: {token}", flush=True)
-    # Everything imported and built so far lives as long as the process: out of the cyclic
-    # collector's sight, now and again once the node has started (``app.state.freeze_gc``).
+    # Once the node has started, what was imported and built lives as long as the process:
+    # the lifespan moves it out of the cyclic collector's sight (``app.state.freeze_gc``).
     # A full collection walked all of it (FastAPI, pydantic, SQLAlchemy: hundreds of
     # thousands of objects), pausing every request for 50-100 ms now and then: the p99 of
     # PATCH at half load went from about 106 ms to 16-24 ms without it. Not in create_app
     # itself: a process that builds many apps (the tests) would keep every one.
-    gc.collect()
-    gc.freeze()
     app.state.freeze_gc = True
     uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
