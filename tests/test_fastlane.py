@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sessionhub.server.fastlane import FastLane
+from sessionhub.server.fastlane import Lane
 from test_rest_sessions import create
 
 Auth = Callable[..., dict[str, str]]
@@ -26,20 +26,20 @@ JSON_TYPE = {"Content-Type": "application/json"}
 @contextmanager
 def lane(on: bool, taken: list[bool]) -> Iterator[None]:
     """Switch the lane on or off; record, per request it saw, whether it answered itself."""
-    original_lane, original_accept = FastLane._lane, FastLane._accept
+    original_match, original_accept = Lane.match, Lane.accept
 
-    def accept(self: FastLane, *args: Any) -> Any:
+    def accept(self: Lane, *args: Any) -> Any:
         out = original_accept(self, *args)
         taken.append(out is not None)
         return out
 
-    FastLane._accept = accept  # type: ignore[method-assign]
+    Lane.accept = accept  # type: ignore[method-assign]
     if not on:
-        FastLane._lane = lambda self, method, path: None  # type: ignore[method-assign]
+        Lane.match = lambda self, method, path: None  # type: ignore[method-assign]
     try:
         yield
     finally:
-        FastLane._lane, FastLane._accept = original_lane, original_accept  # type: ignore[method-assign]
+        Lane.match, Lane.accept = original_match, original_accept  # type: ignore[method-assign]
 
 
 def _answer(r: httpx.Response, sid: str) -> tuple[Any, ...]:

@@ -14,7 +14,8 @@ from ..core.model import Event
 from ..settings import Settings
 from . import notifications, problems, realtime, rest, sse, system
 from .compat import aesthetic, geckos, grace, jambot, nina
-from .fastlane import FastLane
+from .fastlane import FastLane, Lane
+from .httplane import HttpLane
 from .observe import Metrics, ObserveMiddleware
 from .runtime import Runtime, build_runtime
 
@@ -87,7 +88,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         return {"sessionhub_leader": {"type": "gauge", "help": text, "values": values}}
 
     metrics.watch_table(leaders, "role")
-    # Inside the observation (same metrics and logs), in front of FastAPI's routing.
-    app.add_middleware(FastLane, runtime=runtime, routes=app.routes)
-    app.add_middleware(ObserveMiddleware, metrics=metrics, max_body=runtime.settings.max_body_bytes)
+    # Inside the observation (same metrics and logs), in front of FastAPI's routing; and
+    # for `sessionhub serve`'s HTTP protocol, which meets those requests before ASGI does.
+    lane = Lane(runtime, app.routes)
+    max_body = runtime.settings.max_body_bytes
+    app.state.http_lane = HttpLane(lane, metrics, max_body)
+    app.add_middleware(FastLane, lane=lane)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, max_body=max_body)
     return app

@@ -14,16 +14,19 @@ It only takes a request it can answer exactly as FastAPI would: credentials that
 JSON body that the route's model accepts, an ``If-Match`` of the documented form. Anything
 else — a 401, a 422, a body that is not JSON, an odd content type — is handed to FastAPI
 with the body it already read, so every error answer (and its wording) comes from one
-place. It sits inside ``ObserveMiddleware`` and names the FastAPI route it stands for in
-the scope, so metrics and logs are the same whichever path a request took.
+place. As ASGI middleware (:class:`FastLane`) it sits inside ``ObserveMiddleware`` and
+names the FastAPI route it stands for in the scope, so metrics and logs are the same
+whichever path a request took; under ``sessionhub serve`` the HTTP protocol meets these
+requests first and answers them through the same :class:`Lane` without ASGI at all
+(``httplane.py``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -38,6 +41,9 @@ from . import problems, rest
 from .runtime import Runtime
 
 _PREFIX = "/api/sessions/"
+_PATCH = "/api/sessions/{session_id}"
+_HEARTBEAT = "/api/sessions/{session_id}/heartbeat"
+_ACTION = "/api/sessions/{session_id}/actions/{action}"
 _IF_MATCH = re.compile(rest.IF_MATCH)
 #: Content types FastAPI parses as JSON: application/json and application/*+json.
 _JSON_TYPE = re.compile(r"^application/(json|[^;\s]+\+json)\s*(;.*)?$", re.IGNORECASE)
@@ -48,11 +54,23 @@ _READ = frozenset({b"authorization", b"x-api-key", b"content-type", b"if-match"}
 Handler = Callable[[str, str, Principal, BaseModel | None, str | None], Awaitable[Response]]
 
 
-class FastLane:
-    """ASGI middleware: the hot routes of ``rest.py`` (see the module's docstring)."""
+class Hot(NamedTuple):
+    """A request for one of the hot routes: the FastAPI route it stands for, the session,
+    the action (or ""), the body model (None: no body is read) and the handler."""
 
-    def __init__(self, app: ASGIApp, *, runtime: Runtime, routes: list[Any]) -> None:
-        self.app = app
+    route: APIRoute
+    session_id: str
+    action: str
+    model: type[BaseModel] | None
+    handler: Handler
+
+
+class Lane:
+    """The hot routes of ``rest.py`` (see the module's docstring), for whichever layer
+    meets the request first: the ASGI middleware (:class:`FastLane`) or, under ``sessionhub
+    serve``, the HTTP protocol itself (``httplane.py``)."""
+
+    def __init__(self, runtime: Runtime, routes: list[Any]) -> None:
         self.runtime = runtime
         self.hub = runtime.hub
         self.auth = runtime.auth
@@ -63,82 +81,55 @@ class FastLane:
             for method in route.methods or ():
                 self._routes.setdefault((path, method), route)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            lane = self._lane(scope["method"], scope["path"])
-            if lane is not None:
-                await self._serve(scope, receive, send, *lane)
-                return
-        await self.app(scope, receive, send)
-
-    def _lane(
-        self, method: str, path: str
-    ) -> tuple[str, str, str, type[BaseModel] | None, Handler] | None:
-        """(route template, session id, action, body model, handler) for a hot route."""
+    def match(self, method: str, path: str) -> Hot | None:
+        """The hot route ``method path`` asks for, or None (FastAPI's to route)."""
         if not path.startswith(_PREFIX):
             return None
         parts = path[len(_PREFIX) :].split("/")
         if not parts[0]:
             return None
+        model: type[BaseModel] | None
+        handler: Handler
         if method == "PATCH" and len(parts) == 1:
-            return "/api/sessions/{session_id}", parts[0], "", rest.PatchSession, self._patch
-        if method != "POST":
+            template, action, model, handler = _PATCH, "", rest.PatchSession, self._patch
+        elif method != "POST":
             return None
-        if len(parts) == 2 and parts[1] == "heartbeat":
-            return "/api/sessions/{session_id}/heartbeat", parts[0], "", None, self._heartbeat
-        if len(parts) == 3 and parts[1] == "actions" and parts[2]:
-            template = "/api/sessions/{session_id}/actions/{action}"
-            return template, parts[0], parts[2], rest.ActionBody, self._act
-        return None
-
-    async def _serve(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        template: str,
-        session_id: str,
-        action: str,
-        model: type[BaseModel] | None,
-        handler: Handler,
-    ) -> None:
-        route = self._routes.get((template, scope["method"]))
+        elif len(parts) == 2 and parts[1] == "heartbeat":
+            template, action, model, handler = _HEARTBEAT, "", None, self._heartbeat
+        elif len(parts) == 3 and parts[1] == "actions" and parts[2]:
+            template, action, model, handler = _ACTION, parts[2], rest.ActionBody, self._act
+        else:
+            return None
+        route = self._routes.get((template, method))
         if route is None:  # the route is not mounted in this app: FastAPI decides
-            await self.app(scope, receive, send)
-            return
-        try:
-            body = await _read_body(receive)
-        except ClientDisconnect:
-            return
-        except HTTPException as exc:  # larger than the limit (ObserveMiddleware counts)
-            await problems.problem(exc.status_code, "Payload too large", str(exc.detail))(
-                scope, receive, send
-            )
-            return
-        args = self._accept(scope, body, model)
-        if args is None:
-            await self.app(scope, _replay(body, receive), send)
-            return
-        principal, parsed, if_match = args
-        scope["route"] = route
-        scope.setdefault("state", {})["principal"] = principal
-        method, path = scope["method"], scope["path"]
-        try:
-            response = await handler(session_id, action, principal, parsed, if_match)
-        except SessionHubError as exc:
-            response = problems.for_error(exc)
-        except problems.UNAVAILABLE as exc:
-            response = problems.unavailable(method, path, exc)
-        except Exception:
-            response = problems.unexpected(method, path)
-        await response(scope, receive, send)
+            return None
+        return Hot(route, parts[0], action, model, handler)
 
-    def _accept(
-        self, scope: Scope, body: bytes, model: type[BaseModel] | None
+    async def answer(self, scope: Scope, body: bytes, hot: Hot) -> Response | None:
+        """The response to ``hot`` with ``body``, or None when FastAPI must answer (an error
+        it words, see the module's docstring). Marks the scope as FastAPI would: the route,
+        and the caller in ``state`` (the request log's user)."""
+        args = self.accept(scope["headers"], body, hot.model)
+        if args is None:
+            return None
+        principal, parsed, if_match = args
+        scope["route"] = hot.route
+        scope.setdefault("state", {})["principal"] = principal
+        try:
+            return await hot.handler(hot.session_id, hot.action, principal, parsed, if_match)
+        except SessionHubError as exc:
+            return problems.for_error(exc)
+        except problems.UNAVAILABLE as exc:
+            return problems.unavailable(scope["method"], scope["path"], exc)
+        except Exception:
+            return problems.unexpected(scope["method"], scope["path"])
+
+    def accept(
+        self, headers: Iterable[tuple[bytes, bytes]], body: bytes, model: type[BaseModel] | None
     ) -> tuple[Principal, BaseModel | None, str | None] | None:
         """The caller, the parsed body and If-Match, when FastAPI would accept them all."""
         first: dict[bytes, str] = {}
-        for name, value in scope["headers"]:
+        for name, value in headers:
             # As Starlette's ``headers.get``: the first of several (even an empty one).
             if name in _READ and name not in first:
                 first[name] = value.decode("latin-1")
@@ -193,6 +184,38 @@ class FastLane:
         _if_match: str | None,
     ) -> Response:
         return JSONResponse(await rest.heartbeat(session_id, self.hub, principal))
+
+
+class FastLane:
+    """ASGI middleware: the :class:`Lane` in front of FastAPI's routing."""
+
+    def __init__(self, app: ASGIApp, *, lane: Lane) -> None:
+        self.app = app
+        self.lane = lane
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            hot = self.lane.match(scope["method"], scope["path"])
+            if hot is not None:
+                await self._serve(scope, receive, send, hot)
+                return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, hot: Hot) -> None:
+        try:
+            body = await _read_body(receive)
+        except ClientDisconnect:
+            return
+        except HTTPException as exc:  # larger than the limit (ObserveMiddleware counts)
+            await problems.problem(exc.status_code, "Payload too large", str(exc.detail))(
+                scope, receive, send
+            )
+            return
+        response = await self.lane.answer(scope, body, hot)
+        if response is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        await response(scope, receive, send)
 
 
 def _flatten(routes: list[Any]) -> Iterator[tuple[str, APIRoute]]:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -50,9 +51,26 @@ class Metrics:
             "Heartbeats received since start",
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.sessions = Gauge(
             "sessionhub_sessions", "Stored sessions", ["kind", "state"], registry=self.registry
         )
+
+    def request_done(self, method: str, route: str, status: int, elapsed: float) -> None:
+        """Count one answered request and its latency. The labelled children are looked up
+        once per (method, route, status): a few microseconds per request otherwise."""
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            # Bounded: the parser knows a fixed set of methods, the routes are the app's
+            # templates (or "unmatched"), the statuses the ones answered.
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
 
     def watch_table(self, read: Callable[[], Mapping[str, Mapping[str, Any]]], label: str) -> None:
         """Export ``read()``'s numbers at each scrape: ``{name: {"type": "gauge"|"counter",
@@ -167,27 +185,33 @@ class ObserveMiddleware:
             self._record(scope, status, start)
 
     def _record(self, scope: Scope, status: int, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
-        method = scope.get("method", "")
-        self.metrics.requests.labels(method, template, str(status)).inc()
-        self.metrics.latency.labels(method, template).observe(elapsed)
+        record(self.metrics, scope, status, start)
+
+
+def record(metrics: Metrics, scope: Scope, status: int, start: float) -> None:
+    """Count and log one answered request (``start``: its ``perf_counter()``): the route
+    label is the template of the route that answered (``scope["route"]``), the user the
+    caller the answer was for (``scope["state"]["principal"]``)."""
+    elapsed = time.perf_counter() - start
+    route = scope.get("route")
+    template = getattr(route, "path", None) or "unmatched"
+    method = scope.get("method", "")
+    metrics.request_done(method, template, status, elapsed)
+    if log.isEnabledFor(logging.INFO):
         state: Any = scope.get("state") or {}
         principal = state.get("principal") if isinstance(state, dict) else None
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "method": method,
-                        "path": scope.get("path"),
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "user": principal.sub if principal is not None else None,
-                    }
-                },
-            )
+        log.info(
+            "request",
+            extra={
+                "fields": {
+                    "method": method,
+                    "path": scope.get("path"),
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "user": principal.sub if principal is not None else None,
+                }
+            },
+        )
 
 
 async def _too_large(send: Send, limit: int) -> None:
@@ -213,12 +237,21 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg and any ``extra={"fields": {...}}``."""
+    """One JSON object per line: ts, level, logger, msg and any ``extra={"fields": {...}}``.
+
+    Written once per request, so kept cheap: orjson, and the timestamp's seconds formatted
+    once per second."""
+
+    _second = -1
+    _prefix = ""
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._prefix}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -228,7 +261,10 @@ class JsonFormatter(logging.Formatter):
             out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        try:
+            return orjson.dumps(out, default=str).decode()
+        except TypeError:  # what orjson refuses (an int beyond 64 bits, a non-str key)
+            return json.dumps(out, default=str)
 
 
 def setup_logging(level: str = "info") -> None:
@@ -239,3 +275,10 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     for noisy in ("uvicorn.access", "aiosqlite", "sqlalchemy.engine", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The line above carries neither the caller's file and line nor thread or process
+    # names: not looking them up is most of what a record costs (the logging HOWTO's
+    # "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from ..settings import Settings
+from .httplane import HttpLane, take
 from .realtime import uvicorn_ws_protocol
 
 #: The longest request head (request line and headers), bytes: the WebSocket engine's too.
@@ -59,9 +60,12 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def bounded_http_protocol(head_timeout: float = HEAD_TIMEOUT) -> type[asyncio.Protocol] | str:
+def bounded_http_protocol(
+    head_timeout: float = HEAD_TIMEOUT, lane: HttpLane | None = None
+) -> type[asyncio.Protocol] | str:
     """uvicorn's httptools protocol with the head bounds above (``"auto"`` without httptools:
-    then h11's own 16 KiB limit applies, without a deadline)."""
+    then h11's own 16 KiB limit applies, without a deadline), answering the hot REST routes
+    through ``lane`` before ASGI (``httplane.py``)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
@@ -116,7 +120,7 @@ def bounded_http_protocol(head_timeout: float = HEAD_TIMEOUT) -> type[asyncio.Pr
                 self._refuse(414, f"the request target is longer than {MAX_TARGET} bytes")
             elif size > MAX_HEAD:
                 self._refuse(431, f"the request head is larger than {MAX_HEAD} bytes")
-            else:
+            elif lane is None or not take(self, lane):
                 super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
@@ -158,6 +162,12 @@ def bounded_http_protocol(head_timeout: float = HEAD_TIMEOUT) -> type[asyncio.Pr
     return BoundedHttp
 
 
+def _http_lane(app: Any) -> HttpLane | None:
+    """The app's HTTP lane (``create_app`` makes one), None for another ASGI app."""
+    lane = getattr(getattr(app, "state", None), "http_lane", None)
+    return lane if isinstance(lane, HttpLane) else None
+
+
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """uvicorn settings for ``app``: sessionhub's own WebSocket engine on every realtime
     path, request heads bounded in size and time (``BoundedHttp``), our JSON logging instead
@@ -176,7 +186,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         # Open streams (SSE, sockets) must not hold a Ctrl-C up: after this long uvicorn
         # stops waiting for them; clients resume from their last position.
         "timeout_graceful_shutdown": 3,
-        "http": bounded_http_protocol(head_timeout),
+        "http": bounded_http_protocol(head_timeout, _http_lane(app)),
         # Every realtime path on sessionhub's fast WebSocket engine; other paths unchanged.
         "ws": uvicorn_ws_protocol(app),
     }

@@ -1,0 +1,173 @@
+"""The hot REST routes answered by the HTTP protocol itself, before ASGI.
+
+The fast lane (``fastlane.py``) took FastAPI's routing out of a change, an action and a
+heartbeat; what was left around them was the ASGI layer: a scope, receive and send
+callables, four middleware frames, message dicts for the response head and body, a
+Starlette response run as an ASGI app. Measured with ``bench/heartbeats.py`` (a paced
+load, keep-alive connections), a bare ``asyncio`` protocol answering ``{}`` costs 37 µs
+a request on this project's 2-core machine, a FastAPI route answering ``{}`` 300 µs: the
+framework, not the work, was the heartbeat's cost.
+
+So under ``sessionhub serve`` the HTTP protocol (``serving.BoundedHttp``) hands a request
+for one of those routes to :func:`take` once its head is parsed. The request then runs as
+a :class:`LaneCycle`, uvicorn's own request cycle with a different ``run_asgi``: it waits
+for the body, asks the same :class:`~.fastlane.Lane` the ASGI middleware asks, writes the
+answer's head and body in one write, and counts and logs it as ``ObserveMiddleware`` would
+(``observe.record``). Whatever the lane leaves to FastAPI (a 401, a 422, any error it
+words) goes through the ordinary ASGI path with the body already read, from the same
+cycle, so answers, pipelining, keep-alive and shutdown behave as uvicorn's own.
+
+Only requests whose framing is plain take this path: ``Content-Length`` (or no body) within
+the body limit, no ``Transfer-Encoding``, no ``Expect: 100-continue``, no query string or
+percent-encoding in the target. Anything else is uvicorn's and FastAPI's, unchanged.
+
+This leans on uvicorn's httptools protocol (``HttpToolsProtocol``'s attributes and
+``RequestResponseCycle``): ``pyproject.toml`` pins the tested range, and
+``tests/test_httplane.py`` fails if either changes shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, cast
+
+from starlette.types import Scope
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from .fastlane import Hot, Lane
+from .observe import Metrics, record
+
+_METHODS = {b"PATCH": "PATCH", b"POST": "POST"}
+
+
+class HttpLane:
+    """What the HTTP protocol needs to answer the hot routes: the lane, the metrics and the
+    body limit (a larger body is ``ObserveMiddleware``'s to refuse, through ASGI)."""
+
+    def __init__(self, lane: Lane, metrics: Metrics, max_body: int) -> None:
+        self.lane = lane
+        self.metrics = metrics
+        self.max_body = max_body
+
+
+def take(protocol: Any, http: HttpLane) -> bool:
+    """Start the request whose head ``protocol`` (a ``HttpToolsProtocol``) has just parsed
+    as a :class:`LaneCycle`, as uvicorn's ``on_headers_complete`` starts its own cycles.
+    False: not a request for the lane; uvicorn goes on as usual."""
+    method = _METHODS.get(protocol.parser.get_method())
+    url: bytes = protocol.url
+    if (
+        method is None
+        or protocol.expect_100_continue
+        or protocol.limit_concurrency is not None
+        or protocol.root_path
+        or not url.startswith(b"/api/sessions/")
+        or b"?" in url
+        or b"%" in url
+        or b"#" in url
+    ):
+        return False
+    try:
+        path = url.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    hot = http.lane.match(method, path)
+    if hot is None:
+        return False
+    for name, value in protocol.headers:
+        if name == b"transfer-encoding":
+            return False
+        if name == b"content-length" and not (value.isdigit() and int(value) <= http.max_body):
+            return False
+    version = protocol.parser.get_http_version()
+    scope = protocol.scope
+    scope["method"] = method
+    if version != "1.1":
+        scope["http_version"] = version
+    scope["path"] = path
+    scope["raw_path"] = url
+    scope["query_string"] = b""
+    cycle = LaneCycle(
+        scope=scope,
+        transport=protocol.transport,
+        flow=protocol.flow,
+        logger=protocol.logger,
+        access_logger=protocol.access_logger,
+        access_log=protocol.access_log,
+        default_headers=protocol.server_state.default_headers,
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=version != "1.0" and protocol.parser.should_keep_alive(),
+        on_response=protocol.on_response_complete,
+    )
+    cycle.http = http
+    cycle.hot = hot
+    existing = protocol.cycle
+    protocol.cycle = cycle
+    if existing is None or existing.response_complete:
+        protocol._start_asgi_task(cycle, protocol.app)
+    else:  # pipelined behind a request still being answered: queued, as uvicorn queues
+        protocol.flow.pause_reading()
+        protocol.pipeline.appendleft((cycle, protocol.app))
+    return True
+
+
+class LaneCycle(RequestResponseCycle):
+    """One lane request: uvicorn's cycle (body, flow control, disconnects, keep-alive,
+    pipelining), answered by the lane, or by the ASGI app when the lane leaves it."""
+
+    http: HttpLane
+    hot: Hot
+
+    @property
+    def _asgi(self) -> Scope:
+        """The scope as the ASGI layer types it (uvicorn's ``HTTPScope`` is a TypedDict)."""
+        return cast(Scope, self.scope)
+
+    async def run_asgi(self, app: Any) -> None:
+        start = time.perf_counter()
+        try:
+            while self.more_body and not self.disconnected:
+                self.flow.resume_reading()
+                await self.message_event.wait()
+                self.message_event.clear()
+            if self.disconnected:
+                return
+            response = await self.http.lane.answer(self._asgi, bytes(self.body), self.hot)
+            if response is None:
+                # FastAPI words this answer: the ASGI path, its receive() replaying the body.
+                self.message_event.set()
+                await super().run_asgi(app)
+                return
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            if not self.disconnected:
+                self._write(response.status_code, response.raw_headers, bytes(response.body), start)
+        except Exception as exc:  # a bug of the lane's own (answer() catches the handler's)
+            self.logger.error("Exception in the HTTP lane", exc_info=exc)
+            if not self.response_started and not self.disconnected:
+                await self.send_500_response()
+        finally:
+            self.on_response = lambda: None
+
+    def _write(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, start: float
+    ) -> None:
+        """The whole answer in one write (head and body), then what uvicorn's ``send`` does
+        once a response is complete, and the request's metrics and log line."""
+        head = [STATUS_LINE[status]]
+        for name, value in self.default_headers:
+            head += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            head += (name, b": ", value, b"\r\n")
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head += (b"\r\n", body)
+        self.response_started = self.response_complete = True
+        self.transport.write(b"".join(head))
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        record(self.http.metrics, self._asgi, status, start)
+        self.on_response()
