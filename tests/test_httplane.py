@@ -174,6 +174,34 @@ async def test_pipelined_requests_are_answered_in_order_on_one_connection(
     assert written == [200, 200, 200, 409]  # the lane wrote its own four, FastAPI the rest
 
 
+async def test_heartbeats_answered_at_once_keep_their_order_and_the_connection(
+    live: LiveServer,
+) -> None:
+    """A heartbeat for a session the node knows is answered inside the protocol's own
+    callback (no task): pipelined behind it, a change and another heartbeat still come
+    back in order, and the connection stays open past the keep-alive timer it re-armed."""
+    auth = live.headers("alice")
+    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+        sid = await _create(http, auth)
+    json_auth = {**auth, "Content-Type": "application/json"}
+    beat = _request("POST", f"/api/sessions/{sid}/heartbeat", auth)
+    written: list[int] = []
+    reader, writer = await _open(live)
+    with protocol_lane(True, written):
+        writer.write(
+            beat
+            + _request("PATCH", f"/api/sessions/{sid}", json_auth, b'{"metadata": {"n": 2}}')
+            + beat
+            + _request("GET", f"/api/sessions/{sid}", auth)
+        )
+        answers = [await _read_response(reader) for _ in range(4)]
+    writer.close()
+    assert [a[0] for a in answers] == [200, 200, 200, 200]
+    assert b"last_activity_at" in answers[0][2] and b'"version":2' in answers[1][2]
+    assert b"last_activity_at" in answers[2][2] and b'"n":2' in answers[3][2]
+    assert written == [200, 200, 200]
+
+
 @pytest.mark.parametrize(
     ("version", "connection"),
     [("HTTP/1.0", None), ("HTTP/1.1", "close")],

@@ -491,6 +491,17 @@ class Hub:
         if cached is None:
             s = await self._load(principal, session_id)
             cached = (s.owner, s.kind, s.state)
+        return self._beat(principal, session_id, cached)
+
+    def heartbeat_known(self, principal: Principal, session_id: str) -> datetime | None:
+        """:meth:`heartbeat` without awaiting, for a session this node knows (None: it
+        must be read first, call :meth:`heartbeat`). Raises as :meth:`heartbeat` does."""
+        cached = self._hb_cache.get(session_id)
+        return None if cached is None else self._beat(principal, session_id, cached)
+
+    def _beat(
+        self, principal: Principal, session_id: str, cached: tuple[str, str, str]
+    ) -> datetime:
         owner, kind_name, state = cached
         if not principal.may_read(owner):
             raise NotFound(f"no session {session_id!r}")

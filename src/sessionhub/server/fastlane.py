@@ -124,6 +124,29 @@ class Lane:
         except Exception:
             return problems.unexpected(scope["method"], scope["path"])
 
+    def answer_now(self, scope: Scope, hot: Hot) -> Response | None:
+        """:meth:`answer` without awaiting, where that is possible: a heartbeat for a
+        session this node knows (its body unread, as FastAPI's route leaves it; no store).
+        None: call :meth:`answer`."""
+        if hot.route.path != _HEARTBEAT:
+            return None
+        args = self.accept(scope["headers"], b"", None)
+        if args is None:
+            return None
+        principal = args[0]
+        try:
+            at = self.hub.heartbeat_known(principal, hot.session_id)
+            if at is None:  # not known here: read first (answer())
+                return None
+            response: Response = JSONResponse(rest.heartbeat_answer(hot.session_id, at))
+        except SessionHubError as exc:
+            response = problems.for_error(exc)
+        except Exception:
+            response = problems.unexpected(scope["method"], scope["path"])
+        scope["route"] = hot.route
+        scope.setdefault("state", {})["principal"] = principal
+        return response
+
     def accept(
         self, headers: Iterable[tuple[bytes, bytes]], body: bytes, model: type[BaseModel] | None
     ) -> tuple[Principal, BaseModel | None, str | None] | None:

@@ -33,6 +33,7 @@ import time
 from typing import Any, cast
 
 from starlette.types import Scope
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from .fastlane import Hot, Lane
@@ -75,11 +76,14 @@ def take(protocol: Any, http: HttpLane) -> bool:
     hot = http.lane.match(method, path)
     if hot is None:
         return False
+    length = 0
     for name, value in protocol.headers:
         if name == b"transfer-encoding":
             return False
-        if name == b"content-length" and not (value.isdigit() and int(value) <= http.max_body):
-            return False
+        if name == b"content-length":
+            if not (value.isdigit() and int(value) <= http.max_body):
+                return False
+            length = int(value)
     version = protocol.parser.get_http_version()
     scope = protocol.scope
     scope["method"] = method
@@ -105,12 +109,27 @@ def take(protocol: Any, http: HttpLane) -> bool:
     cycle.hot = hot
     existing = protocol.cycle
     protocol.cycle = cycle
-    if existing is None or existing.response_complete:
+    idle = existing is None or existing.response_complete
+    if idle and length <= HIGH_WATER_LIMIT:
+        # Started once its body is in (``complete``): then what needs no await is answered
+        # there and then. (A larger body pauses reading until a task takes it.)
+        cycle.deferred = True
+    elif idle:
         protocol._start_asgi_task(cycle, protocol.app)
     else:  # pipelined behind a request still being answered: queued, as uvicorn queues
         protocol.flow.pause_reading()
         protocol.pipeline.appendleft((cycle, protocol.app))
     return True
+
+
+def complete(protocol: Any) -> None:
+    """The request's body is in (the protocol's ``on_message_complete``): a deferred lane
+    request is answered now if it can be (``LaneCycle.answer_now``), else its task starts."""
+    cycle = protocol.cycle
+    if type(cycle) is LaneCycle and cycle.deferred:
+        cycle.deferred = False
+        if protocol.flow.write_paused or not cycle.answer_now():
+            protocol._start_asgi_task(cycle, protocol.app)
 
 
 class LaneCycle(RequestResponseCycle):
@@ -119,6 +138,8 @@ class LaneCycle(RequestResponseCycle):
 
     http: HttpLane
     hot: Hot
+    #: Not started yet: waiting for its body (see ``take`` and ``complete``).
+    deferred = False
 
     @property
     def _asgi(self) -> Scope:
@@ -150,6 +171,18 @@ class LaneCycle(RequestResponseCycle):
                 await self.send_500_response()
         finally:
             self.on_response = lambda: None
+
+    def answer_now(self) -> bool:
+        """Answer at once, from the protocol's callback, what needs no await (the lane's
+        ``answer_now``); False: run as a task (``run_asgi``)."""
+        start = time.perf_counter()
+        response = self.http.lane.answer_now(self._asgi, self.hot)
+        if response is None:
+            return False
+        self.more_body = False
+        self._write(response.status_code, response.raw_headers, bytes(response.body), start)
+        self.on_response = lambda: None
+        return True
 
     def _write(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, start: float

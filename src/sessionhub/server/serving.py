@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from ..settings import Settings
-from .httplane import HttpLane, take
+from .httplane import HttpLane, complete, take
 from .realtime import uvicorn_ws_protocol
 
 #: The longest request head (request line and headers), bytes: the WebSocket engine's too.
@@ -98,19 +98,25 @@ def bounded_http_protocol(
             super().data_received(data)
             if self._refused or not self._in_head:
                 return
-            # Still inside an incomplete head: everything it has sent so far counts.
+            # Still inside an incomplete head: everything it has sent so far counts, and
+            # from now on it has a deadline (armed only here: most heads arrive whole).
             self._head_bytes += len(data)
+            if self._head_deadline is None:
+                self._head_deadline = self.loop.call_later(self.deadline, self._head_late)
             if len(self.url or b"") > MAX_TARGET:
                 self._refuse(414, f"the request target is longer than {MAX_TARGET} bytes")
             elif self._head_bytes > MAX_HEAD:
                 self._refuse(431, f"the request head is larger than {MAX_HEAD} bytes")
 
         def on_message_begin(self) -> None:
+            # A request has begun: the connection is not idle. (uvicorn cancels this timer
+            # when data arrives; a request answered inside its own callback, as the HTTP
+            # lane answers a heartbeat, re-arms it before the next pipelined one is read.)
+            self._unset_keepalive_if_required()
             super().on_message_begin()
             self._in_head = True
             self._head_bytes = 0
             self._cancel_head_deadline()
-            self._head_deadline = self.loop.call_later(self.deadline, self._head_late)
 
         def on_headers_complete(self) -> None:
             self._in_head = False
@@ -130,6 +136,8 @@ def bounded_http_protocol(
         def on_message_complete(self) -> None:
             if not self._refused:
                 super().on_message_complete()
+                if lane is not None:
+                    complete(self)
 
         def handle_websocket_upgrade(self) -> None:
             self._cancel_head_deadline()
