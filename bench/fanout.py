@@ -130,6 +130,11 @@ def main() -> int:
         for n in plan.ns:
             plan.burst.setdefault(n, max(100, 1_000_000 // n))
         names = [x for x in args.servers.split(",") if x]
+        unknown = sorted(set(names) - set(ALL_SERVERS))
+        if unknown:
+            raise SystemExit(
+                f"unknown --servers {', '.join(unknown)}: use {', '.join(ALL_SERVERS)}"
+            )
         started = time.monotonic()
         servers, cells, memory = run_all(exe, names, plan)
         print_table(servers, cells, memory, plan)

@@ -93,6 +93,7 @@ CASES: list[tuple[str, str, str, dict[str, str] | None, bytes | None, bool]] = [
     ("a heartbeat", "POST", "/heartbeat", None, None, True),
     ("a heartbeat with a body", "POST", "/heartbeat", JSON_TYPE, b'{"x": 1}', True),
     ("a heartbeat, no credentials", "POST", "/heartbeat", {"Authorization": ""}, None, False),
+    ("someone else's heartbeat", "POST", "/heartbeat", {"X-As": "bob"}, None, True),
 ]
 
 
