@@ -9,7 +9,8 @@ in the phase). The server's CPU time (every thread, user and system, from
 ``/proc/PID/stat``) over the phase, as a share of one core, is the cost; the same server
 with no traffic for as long is the idle cost, and the FastAPI ceiling of ``bench/rest.py``
 (a route that answers ``{}``) taking the same paced load is the peer: what answering that
-many requests costs at all on this framework. The server is pinned to CPU 0 and wrk to
+many requests costs at all on this framework. Below it, the floor: uvicorn on the same
+configuration with a bare ASGI app answering ``{}`` (what the HTTP server alone costs). The server is pinned to CPU 0 and wrk to
 CPU 1 on a machine with two or more cores. The issue's target: under 5 % of a core.
 
     .venv/bin/python bench/heartbeats.py [--sessions 10000] [--interval 30]
@@ -32,7 +33,14 @@ import httpx
 
 # The parts (bench/rest_parts/) import from bench/, first on sys.path when this file runs.
 from rest_parts import wrk
-from rest_parts.servers import SECRET, Proc, reset_postgres, start_ceiling, start_sessionhub
+from rest_parts.servers import (
+    SECRET,
+    Proc,
+    reset_postgres,
+    start_ceiling,
+    start_floor,
+    start_sessionhub,
+)
 from sessionhub.auth import Authenticator
 
 
@@ -124,6 +132,14 @@ def main() -> None:
             rows.append(("sessionhub", phase(server, ids, token, args, tmp)))
         finally:
             server.stop()
+        floor = start_floor(tmp, wrk.SERVER_CPUS)
+        try:
+            print(f"the floor (uvicorn, bare ASGI) for {args.duration:g} s ...", file=sys.stderr)
+            rows.append(
+                ("floor: uvicorn, a bare ASGI app answering {}", phase(floor, ids, "", args, tmp))
+            )
+        finally:
+            floor.stop()
         ceiling = start_ceiling(tmp, wrk.SERVER_CPUS)
         try:
             print(f"the FastAPI ceiling for {args.duration:g} s ...", file=sys.stderr)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 # The parts (bench/rest_parts/) import from bench/, first on sys.path when this file runs.
 from rest_parts import wrk
-from rest_parts.apps import serve_ceiling, serve_peer
+from rest_parts.apps import serve_ceiling, serve_floor, serve_peer
 from rest_parts.load import Row, bench_backend
 from rest_parts.report import print_python, print_wrk
 from rest_parts.servers import reset_postgres
@@ -75,6 +75,7 @@ def main() -> int:
     p.add_argument("--wrk-sessions", type=int, default=300, help="sessions wrk cycles through")
     p.add_argument("--serve-peer", help=argparse.SUPPRESS)
     p.add_argument("--serve-ceiling", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_peer:
@@ -82,6 +83,9 @@ def main() -> int:
         return 0
     if args.serve_ceiling:
         serve_ceiling(args.port)
+        return 0
+    if args.serve_floor:
+        serve_floor(args.port)
         return 0
     loads = set(args.load.split(","))
     if "wrk" in loads and shutil.which("wrk") is None:

@@ -2,7 +2,8 @@
 floor of "one durable write per request" (a plain FastAPI app doing one ``UPDATE`` of one
 row, same driver and SQLite durability as sessionhub) and the framework's ceiling (FastAPI
 validating sessionhub's PATCH body and answering ``{}``, on sessionhub's uvicorn
-configuration)."""
+configuration). ``--serve-floor`` runs what is under that framework: uvicorn on the same
+configuration with a bare ASGI app answering ``{}`` (``bench/heartbeats.py``'s floor)."""
 
 from __future__ import annotations
 
@@ -107,6 +108,29 @@ def ceiling_app() -> Any:
         return {"id": f"s{random.randrange(1 << 30)}"}
 
     return app
+
+
+async def floor_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Below the framework: a bare ASGI app answering ``{}`` to every request."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:  # read the body, as any route that takes one does
+        message = await receive()
+        more = message.get("more_body", False)
+    head = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 200, "headers": head})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def serve_floor(port: int) -> None:
+    import uvicorn
+
+    from sessionhub.server.serving import uvicorn_config
+    from sessionhub.settings import Settings
+
+    settings = Settings(host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(floor_app, settings, lifespan="off")).run()
 
 
 def serve_ceiling(port: int) -> None:

@@ -105,6 +105,11 @@ def start_ceiling(data_dir: Path, cpus: set[int] | None = None) -> Proc:
     return Proc(argv, dict(os.environ), "/api/ready", data_dir / "ceiling.log", cpus)
 
 
+def start_floor(data_dir: Path, cpus: set[int] | None = None) -> Proc:
+    argv = [sys.executable, str(ENTRY), "--serve-floor", "--port", str(free_port())]
+    return Proc(argv, dict(os.environ), "/api/ready", data_dir / "floor.log", cpus)
+
+
 async def reset_postgres(url: str) -> None:
     """Create the bench database if needed and empty it (never the test database)."""
     import asyncpg
