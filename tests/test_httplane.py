@@ -202,6 +202,27 @@ async def test_heartbeats_answered_at_once_keep_their_order_and_the_connection(
     assert written == [200, 200, 200]
 
 
+async def test_a_heartbeat_for_a_known_session_runs_no_task(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answered inside the parser's callback; a change still runs as a task."""
+    auth = live.headers("alice")
+    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+        sid = await _create(http, auth)
+        tasks: list[str] = []
+        original = httplane.LaneCycle.run_asgi
+
+        async def run_asgi(self: httplane.LaneCycle, app: Any) -> None:
+            tasks.append(self.scope["path"])
+            await original(self, app)
+
+        monkeypatch.setattr(httplane.LaneCycle, "run_asgi", run_asgi)
+        r = await http.post(f"/api/sessions/{sid}/heartbeat", headers=auth, content=b"{}")
+        assert r.status_code == 200 and tasks == []
+        r = await http.patch(f"/api/sessions/{sid}", headers=auth, json={"metadata": {}})
+        assert r.status_code == 200 and tasks == [f"/api/sessions/{sid}"]
+
+
 @pytest.mark.parametrize(
     ("version", "connection"),
     [("HTTP/1.0", None), ("HTTP/1.1", "close")],

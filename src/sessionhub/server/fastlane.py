@@ -128,7 +128,7 @@ class Lane:
         """:meth:`answer` without awaiting, where that is possible: a heartbeat for a
         session this node knows (its body unread, as FastAPI's route leaves it; no store).
         None: call :meth:`answer`."""
-        if hot.route.path != _HEARTBEAT:
+        if hot.handler != self._heartbeat:
             return None
         args = self.accept(scope["headers"], b"", None)
         if args is None:
