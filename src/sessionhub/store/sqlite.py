@@ -180,7 +180,7 @@ class SqliteStore(SqlStore):
         if not activity:
             return 0
         # Straight on the driver, as save is: up to one row per live session every sweep,
-        # and SQLAlchemy's executemany costs several times what SQLite spends on it.
+        # and each row through SQLAlchemy's executemany is Python work on the writer's core.
         stamp = self._stamp
         rows = [(t, sid, t) for sid, t in ((sid, stamp(ts)) for sid, ts in activity.items())]
 
