@@ -5,7 +5,7 @@ heartbeat; what was left around them was the ASGI layer: a scope, receive and se
 callables, four middleware frames, message dicts for the response head and body, a
 Starlette response run as an ASGI app. Measured with ``bench/heartbeats.py`` (a paced
 load, keep-alive connections), a bare ``asyncio`` protocol answering ``{}`` costs 37 µs
-a request on this project's 2-core machine, a FastAPI route answering ``{}`` 300 µs: the
+a request on this project's 2-core machine, a FastAPI route answering ``{}`` 200-300 µs: the
 framework, not the work, was the heartbeat's cost.
 
 So under ``sessionhub serve`` the HTTP protocol (``serving.BoundedHttp``) hands a request
