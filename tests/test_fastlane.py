@@ -97,6 +97,29 @@ CASES: list[tuple[str, str, str, dict[str, str] | None, bytes | None, bool]] = [
 ]
 
 
+def case_headers(
+    owner: dict[str, str], extra: dict[str, str] | None, other: dict[str, str]
+) -> dict[str, str]:
+    """A case's request headers: the owner's credentials with the case's own on top;
+    ``X-As`` swaps in ``other``'s credentials, an empty ``Authorization`` sends none."""
+    headers = {**owner, **(extra or {})}
+    if headers.pop("X-As", None):
+        headers.update(other)
+    if headers.get("Authorization") == "":
+        del headers["Authorization"]
+    return headers
+
+
+def counted(metrics: str, labels: str, n: int) -> bool:
+    """Whether ``/metrics`` text counts ``n`` requests with ``labels``."""
+    return any(
+        line.startswith("sessionhub_http_requests_total{")
+        and labels in line
+        and line.endswith(f" {float(n)}")
+        for line in metrics.splitlines()
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "tail", "extra", "body", "lane_answers"),
     [c[1:] for c in CASES],
@@ -116,11 +139,7 @@ async def test_the_lane_answers_as_fastapi_does(
         owner = auth("alice")
         s = await create(client, owner)
         sid = str(s["id"])
-        headers = {**owner, **(extra or {})}
-        if headers.pop("X-As", None):
-            headers.update(auth("bob"))
-        if headers.get("Authorization") == "":
-            del headers["Authorization"]
+        headers = case_headers(owner, extra, auth("bob"))
         taken: list[bool] = []
         with lane(on, taken):
             r = await client.request(
@@ -163,12 +182,7 @@ async def test_lane_requests_are_counted_under_their_route(
     await client.post(f"/api/sessions/{s['id']}/heartbeat", headers=auth("alice"))
     text = (await client.get("/metrics")).text
     patch = 'method="PATCH",route="/api/sessions/{session_id}",status="200"'
-    assert any(
-        line.startswith("sessionhub_http_requests_total{")
-        and patch in line
-        and line.endswith(" 3.0")
-        for line in text.splitlines()
-    ), text
+    assert counted(text, patch, 3), text
     assert 'route="/api/sessions/{session_id}/heartbeat",status="200"' in text
 
 

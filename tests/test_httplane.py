@@ -27,7 +27,7 @@ import pytest
 from live import LiveServer, make_settings
 from sessionhub.server import httplane
 from sessionhub.server.fastlane import Lane
-from test_fastlane import CASES, _answer
+from test_fastlane import CASES, _answer, case_headers, counted
 
 
 @pytest.fixture
@@ -43,9 +43,9 @@ def protocol_lane(on: bool, written: list[int]) -> Iterator[None]:
     wrote itself (its status)."""
     original_match, original_write = Lane.match, httplane.LaneCycle._write
 
-    def write(self: httplane.LaneCycle, status: int, *args: Any) -> None:
-        written.append(status)
-        original_write(self, status, *args)
+    def write(self: httplane.LaneCycle, response: Any, start: float) -> None:
+        written.append(response.status_code)
+        original_write(self, response, start)
 
     httplane.LaneCycle._write = write  # type: ignore[method-assign]
     if not on:
@@ -60,6 +60,12 @@ async def _create(http: httpx.AsyncClient, headers: dict[str, str]) -> str:
     r = await http.post("/api/sessions", json={"kind": "generic"}, headers=headers)
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
+
+
+async def _new_session(live: LiveServer, headers: dict[str, str]) -> str:
+    """A session made over a connection of its own (the test's socket stays fresh)."""
+    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+        return await _create(http, headers)
 
 
 @pytest.mark.parametrize(
@@ -80,11 +86,7 @@ async def test_the_protocol_answers_as_fastapi_does(
         for on in (True, False):
             owner = live.headers("alice")
             sid = await _create(http, owner)
-            headers = {**owner, **(extra or {})}
-            if headers.pop("X-As", None):
-                headers.update(live.headers("bob"))
-            if headers.get("Authorization") == "":
-                del headers["Authorization"]
+            headers = case_headers(owner, extra, live.headers("bob"))
             written: list[int] = []
             with protocol_lane(on, written):
                 r = await http.request(
@@ -147,8 +149,7 @@ async def test_pipelined_requests_are_answered_in_order_on_one_connection(
     live: LiveServer,
 ) -> None:
     auth = live.headers("alice")
-    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
-        sid = await _create(http, auth)
+    sid = await _new_session(live, auth)
     json_auth = {**auth, "Content-Type": "application/json"}
     written: list[int] = []
     reader, writer = await _open(live)
@@ -181,8 +182,7 @@ async def test_heartbeats_answered_at_once_keep_their_order_and_the_connection(
     callback (no task): pipelined behind it, a change and another heartbeat still come
     back in order, and the connection stays open past the keep-alive timer it re-armed."""
     auth = live.headers("alice")
-    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
-        sid = await _create(http, auth)
+    sid = await _new_session(live, auth)
     json_auth = {**auth, "Content-Type": "application/json"}
     beat = _request("POST", f"/api/sessions/{sid}/heartbeat", auth)
     written: list[int] = []
@@ -232,8 +232,7 @@ async def test_a_connection_that_asks_to_close_is_closed_after_its_answer(
     live: LiveServer, version: str, connection: str | None
 ) -> None:
     auth = live.headers("alice")
-    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
-        sid = await _create(http, auth)
+    sid = await _new_session(live, auth)
     extra = {"Connection": connection} if connection else {}
     raw = _request("POST", f"/api/sessions/{sid}/heartbeat", {**auth, **extra})
     written: list[int] = []
@@ -250,8 +249,7 @@ async def test_bodies_the_lane_does_not_frame_itself_are_fastapis(live: LiveServ
     """Chunked and 100-continue bodies, and a body over the limit, take uvicorn's path:
     answered right, never by the protocol's lane."""
     auth = {**live.headers("alice"), "Content-Type": "application/json"}
-    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
-        sid = await _create(http, auth)
+    sid = await _new_session(live, auth)
     body = b'{"metadata": {"chunked": true}}'
     chunked = (
         f"PATCH /api/sessions/{sid} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
@@ -283,8 +281,7 @@ async def test_bodies_the_lane_does_not_frame_itself_are_fastapis(live: LiveServ
 
 async def test_a_body_in_pieces_is_waited_for(live: LiveServer) -> None:
     auth = {**live.headers("alice"), "Content-Type": "application/json"}
-    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
-        sid = await _create(http, auth)
+    sid = await _new_session(live, auth)
     raw = _request("PATCH", f"/api/sessions/{sid}", auth, b'{"metadata": {"slow": "yes"}}')
     written: list[int] = []
     reader, writer = await _open(live)
@@ -301,8 +298,7 @@ async def test_a_body_in_pieces_is_waited_for(live: LiveServer) -> None:
 
 async def test_a_client_that_leaves_mid_body_changes_nothing(live: LiveServer) -> None:
     auth = {**live.headers("alice"), "Content-Type": "application/json"}
-    async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
-        sid = await _create(http, auth)
+    sid = await _new_session(live, auth)
     raw = _request("PATCH", f"/api/sessions/{sid}", auth, b'{"metadata": {"left": 1}}')
     written: list[int] = []
     with protocol_lane(True, written):
@@ -330,12 +326,7 @@ async def test_lane_answers_are_counted_and_logged_under_their_route(
         assert written == [200, 200, 200]
         text = (await http.get("/metrics")).text
     route = 'method="POST",route="/api/sessions/{session_id}/heartbeat",status="200"'
-    assert any(
-        line.startswith("sessionhub_http_requests_total{")
-        and route in line
-        and line.endswith(" 3.0")
-        for line in text.splitlines()
-    ), text
+    assert counted(text, route, 3), text
     logged = [
         r.fields  # type: ignore[attr-defined]
         for r in caplog.records

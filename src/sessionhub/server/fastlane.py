@@ -107,22 +107,16 @@ class Lane:
 
     async def answer(self, scope: Scope, body: bytes, hot: Hot) -> Response | None:
         """The response to ``hot`` with ``body``, or None when FastAPI must answer (an error
-        it words, see the module's docstring). Marks the scope as FastAPI would: the route,
-        and the caller in ``state`` (the request log's user)."""
+        it words, see the module's docstring); the scope marked as FastAPI marks it."""
         args = self.accept(scope["headers"], body, hot.model)
         if args is None:
             return None
         principal, parsed, if_match = args
-        scope["route"] = hot.route
-        scope.setdefault("state", {})["principal"] = principal
+        _mark(scope, hot, principal)
         try:
             return await hot.handler(hot.session_id, hot.action, principal, parsed, if_match)
-        except SessionHubError as exc:
-            return problems.for_error(exc)
-        except problems.UNAVAILABLE as exc:
-            return problems.unavailable(scope["method"], scope["path"], exc)
-        except Exception:
-            return problems.unexpected(scope["method"], scope["path"])
+        except Exception as exc:
+            return _failure(scope, exc)
 
     def answer_now(self, scope: Scope, hot: Hot) -> Response | None:
         """:meth:`answer` without awaiting, where that is possible: a heartbeat for a
@@ -136,16 +130,13 @@ class Lane:
         principal = args[0]
         try:
             at = self.hub.heartbeat_known(principal, hot.session_id)
-            if at is None:  # not known here: read first (answer())
-                return None
-            response: Response = JSONResponse(rest.heartbeat_answer(hot.session_id, at))
-        except SessionHubError as exc:
-            response = problems.for_error(exc)
-        except Exception:
-            response = problems.unexpected(scope["method"], scope["path"])
-        scope["route"] = hot.route
-        scope.setdefault("state", {})["principal"] = principal
-        return response
+        except Exception as exc:
+            _mark(scope, hot, principal)
+            return _failure(scope, exc)
+        if at is None:  # not known here: read first (answer())
+            return None
+        _mark(scope, hot, principal)
+        return JSONResponse(rest.heartbeat_answer(hot.session_id, at))
 
     def accept(
         self, headers: Iterable[tuple[bytes, bytes]], body: bytes, model: type[BaseModel] | None
@@ -239,6 +230,23 @@ class FastLane:
             await self.app(scope, _replay(body, receive), send)
             return
         await response(scope, receive, send)
+
+
+def _mark(scope: Scope, hot: Hot, principal: Principal) -> None:
+    """Mark the scope as FastAPI would: the route (the metrics' label) and the caller in
+    ``state`` (the request log's user)."""
+    scope["route"] = hot.route
+    scope.setdefault("state", {})["principal"] = principal
+
+
+def _failure(scope: Scope, exc: Exception) -> Response:
+    """The problem answer to what a handler raised, as FastAPI's exception handlers give
+    it (called inside the ``except``: a bug is logged with its traceback)."""
+    if isinstance(exc, SessionHubError):
+        return problems.for_error(exc)
+    if isinstance(exc, problems.UNAVAILABLE):
+        return problems.unavailable(scope["method"], scope["path"], exc)
+    return problems.unexpected(scope["method"], scope["path"])
 
 
 def _flatten(routes: list[Any]) -> Iterator[tuple[str, APIRoute]]:

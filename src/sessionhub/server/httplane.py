@@ -32,6 +32,7 @@ import asyncio
 import time
 from typing import Any, cast
 
+from starlette.responses import Response
 from starlette.types import Scope
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
@@ -164,7 +165,7 @@ class LaneCycle(RequestResponseCycle):
             if self.flow.write_paused and not self.disconnected:
                 await self.flow.drain()
             if not self.disconnected:
-                self._write(response.status_code, response.raw_headers, bytes(response.body), start)
+                self._write(response, start)
         except Exception as exc:  # a bug of the lane's own (answer() catches the handler's)
             self.logger.error("Exception in the HTTP lane", exc_info=exc)
             if not self.response_started and not self.disconnected:
@@ -180,23 +181,22 @@ class LaneCycle(RequestResponseCycle):
         if response is None:
             return False
         self.more_body = False
-        self._write(response.status_code, response.raw_headers, bytes(response.body), start)
+        self._write(response, start)
         self.on_response = lambda: None
         return True
 
-    def _write(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, start: float
-    ) -> None:
+    def _write(self, response: Response, start: float) -> None:
         """The whole answer in one write (head and body), then what uvicorn's ``send`` does
         once a response is complete, and the request's metrics and log line."""
+        status = response.status_code
         head = [STATUS_LINE[status]]
         for name, value in self.default_headers:
             head += (name, b": ", value, b"\r\n")
-        for name, value in headers:
+        for name, value in response.raw_headers:
             head += (name, b": ", value, b"\r\n")
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
-        head += (b"\r\n", body)
+        head += (b"\r\n", bytes(response.body))
         self.response_started = self.response_complete = True
         self.transport.write(b"".join(head))
         self.message_event.set()
