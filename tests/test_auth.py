@@ -299,7 +299,9 @@ def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.Monkey
     assert calls == 1  # the signature is checked once
     now = auth_module.time.time()
     monkeypatch.setattr(auth_module.time, "time", lambda: now + 120)
-    auth.verify(token)  # past its expiry by our clock: checked again, not served from cache
+    # Past its expiry by our clock: checked again, not served from the cache, and refused.
+    with pytest.raises(Unauthenticated, match="token expired"):
+        auth.verify(token)
     assert calls == 2
     # A forged token is never served from the cache of a good one.
     with pytest.raises(Unauthenticated):

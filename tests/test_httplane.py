@@ -319,20 +319,29 @@ async def test_lane_answers_are_counted_and_logged_under_their_route(
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
         sid = await _create(http, auth)
         written: list[int] = []
-        with protocol_lane(True, written), caplog.at_level(logging.INFO, "sessionhub.http"):
+        with protocol_lane(True, written), caplog.at_level(logging.DEBUG, "sessionhub.http"):
             for _ in range(3):
                 r = await http.post(f"/api/sessions/{sid}/heartbeat", headers=auth)
                 assert r.status_code == 200
-        assert written == [200, 200, 200]
+        with protocol_lane(True, written), caplog.at_level(logging.INFO, "sessionhub.http"):
+            r = await http.post(f"/api/sessions/{sid}/heartbeat", headers=auth)
+            assert r.status_code == 200
+            r = await http.post("/api/sessions/nope/heartbeat", headers=auth)
+            assert r.status_code == 404
+        assert written == [200, 200, 200, 200, 404]
         text = (await http.get("/metrics")).text
     route = 'method="POST",route="/api/sessions/{session_id}/heartbeat",status="200"'
-    assert counted(text, route, 3), text
+    assert counted(text, route, 4), text
     logged = [
-        r.fields  # type: ignore[attr-defined]
+        (r.levelno, r.fields)  # type: ignore[attr-defined]
         for r in caplog.records
         if r.name == "sessionhub.http"
         and getattr(r, "fields", {}).get("path", "").endswith("heartbeat")
     ]
-    assert len(logged) == 3
-    assert logged[0]["status"] == 200 and logged[0]["user"] == "alice"
-    assert logged[0]["method"] == "POST" and logged[0]["duration_ms"] >= 0
+    # A heartbeat answered 200 is a debug line (observe.QUIET_ROUTES); a failed one is info.
+    assert [(level, f["status"]) for level, f in logged] == [(logging.DEBUG, 200)] * 3 + [
+        (logging.INFO, 404)
+    ]
+    first = logged[0][1]
+    assert first["status"] == 200 and first["user"] == "alice"
+    assert first["method"] == "POST" and first["duration_ms"] >= 0

@@ -67,6 +67,7 @@ TOP_LEVEL = {
     "backends": "hub",
     "scheduler": "scheduler",
     "auth": "auth",
+    "hs256": "auth",
     "settings": "settings",
     "ids": "ids",
     "tasks": "tasks",

@@ -20,8 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
-
+from . import hs256
 from .core.errors import Unauthenticated
 from .core.principal import Principal
 
@@ -123,7 +122,7 @@ class Authenticator:
             claims["exp"] = int((now + ttl).timestamp())
         if extra:
             claims.update(extra)
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        return hs256.encode(claims, self._secret)
 
     #: Verified tokens remembered at most.
     CACHE_SIZE = 10_000
@@ -147,24 +146,21 @@ class Authenticator:
 
     def _verify(self, token: str) -> tuple[Principal, float | None]:
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+            header = hs256.header(token)
+        except hs256.TokenError:
             raise Unauthenticated(f"malformed token: not a readable JWT ({_JWT_SHAPE})") from None
         alg = header.get("alg")
         if alg == "HS256" and self._secret:
-            key: str = self._secret
+            try:
+                claims = hs256.decode(token, self._secret, leeway=self._leeway)
+            except hs256.Expired:
+                raise Unauthenticated("token expired") from None
+            except hs256.TokenError as exc:
+                raise Unauthenticated(f"invalid token: {exc}") from None
         elif alg == "RS256" and self._public_key:
-            key = self._public_key
+            claims = self._verify_rs256(token, self._public_key)
         else:
             raise Unauthenticated(f"token algorithm {alg!r} is not accepted here")
-        try:
-            claims = jwt.decode(
-                token, key, algorithms=[alg], leeway=self._leeway, options={"require": ["sub"]}
-            )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated("token expired") from None
-        except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"invalid token: {exc}") from None
         sub = claims.get("sub")
         roles = claims.get("roles", [])
         if not isinstance(sub, str) or not sub:
@@ -177,6 +173,20 @@ class Authenticator:
         # The system role is the server's own; a token can never grant it.
         principal = Principal(sub, frozenset(roles) - {"system"})
         return principal, float(exp) if isinstance(exp, int | float) else None
+
+    def _verify_rs256(self, token: str, key: str) -> dict[str, Any]:
+        # PyJWT (and with it cryptography, about 11 MB) only where a public key is set.
+        import jwt
+
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=["RS256"], leeway=self._leeway, options={"require": ["sub"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from None
+        return claims
 
     def api_key(self, key: str) -> Principal:
         principal = self._match_key(key)

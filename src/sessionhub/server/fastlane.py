@@ -32,7 +32,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.errors import SessionHubError, Unauthenticated
@@ -136,7 +136,7 @@ class Lane:
         if at is None:  # not known here: read first (answer())
             return None
         _mark(scope, hot, principal)
-        return JSONResponse(rest.heartbeat_answer(hot.session_id, at))
+        return rest.OrjsonResponse(rest.heartbeat_answer(hot.session_id, at))
 
     def accept(
         self, headers: Iterable[tuple[bytes, bytes]], body: bytes, model: type[BaseModel] | None
@@ -197,7 +197,7 @@ class Lane:
         _body: BaseModel | None,
         _if_match: str | None,
     ) -> Response:
-        return JSONResponse(await rest.heartbeat(session_id, self.hub, principal))
+        return rest.OrjsonResponse(await rest.heartbeat(session_id, self.hub, principal))
 
 
 class FastLane:

@@ -188,19 +188,32 @@ class ObserveMiddleware:
         record(self.metrics, scope, status, start)
 
 
+#: Routes whose answers below 400 are logged at debug, not info. A heartbeat says only that
+#: a client is alive: 10,000 sessions beating every 30 s would write 333 lines a second, and
+#: writing them was the largest part of what a heartbeat cost. Probes and scrapes repeat every
+#: few seconds for the same reason. Their failures are logged at info, and the metrics count
+#: every answer.
+QUIET_ROUTES = frozenset(
+    {"/api/sessions/{session_id}/heartbeat", "/api/health", "/api/ready", "/metrics"}
+)
+
+
 def record(metrics: Metrics, scope: Scope, status: int, start: float) -> None:
     """Count and log one answered request (``start``: its ``perf_counter()``): the route
     label is the template of the route that answered (``scope["route"]``), the user the
-    caller the answer was for (``scope["state"]["principal"]``)."""
+    caller the answer was for (``scope["state"]["principal"]``). The line is at info, or at
+    debug for a success on one of :data:`QUIET_ROUTES`."""
     elapsed = time.perf_counter() - start
     route = scope.get("route")
     template = getattr(route, "path", None) or "unmatched"
     method = scope.get("method", "")
     metrics.request_done(method, template, status, elapsed)
-    if log.isEnabledFor(logging.INFO):
+    level = logging.DEBUG if status < 400 and template in QUIET_ROUTES else logging.INFO
+    if log.isEnabledFor(level):
         state: Any = scope.get("state") or {}
         principal = state.get("principal") if isinstance(state, dict) else None
-        log.info(
+        log.log(
+            level,
             "request",
             extra={
                 "fields": {

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 PREFIX = "fernet:"
 
@@ -20,7 +22,12 @@ class Sealer:
     """
 
     def __init__(self, keys: Sequence[str] = ()) -> None:
-        self._fernet = MultiFernet([Fernet(k.encode()) for k in keys]) if keys else None
+        self._fernet: MultiFernet | None = None
+        if keys:
+            # cryptography (several MB resident) only where keys are configured.
+            from cryptography.fernet import Fernet, MultiFernet
+
+            self._fernet = MultiFernet([Fernet(k.encode()) for k in keys])
 
     @property
     def enabled(self) -> bool:
@@ -36,6 +43,8 @@ class Sealer:
             return text
         if self._fernet is None:
             raise RuntimeError("stored data is encrypted but no encryption key is configured")
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(text[len(PREFIX) :].encode()).decode()
         except InvalidToken:
