@@ -2,10 +2,9 @@
 made and checked with the standard library.
 
 Why not PyJWT for these: importing PyJWT imports ``cryptography`` for the public-key
-algorithms, about 11 MB of resident memory that a server signing with a secret never uses
-(the issue's base-RSS target is 60 MB). PyJWT still checks RS256 tokens (``auth.py``
-imports it only for a configured public key), and the tests hold this module's verdicts
-to PyJWT's on the same tokens.
+algorithms, about 11 MB of resident memory that a server signing with a secret never uses.
+PyJWT still checks RS256 tokens (``auth.py`` imports it only for a configured public key),
+and the tests hold this module's verdicts to PyJWT's on the same tokens.
 
 The checks are PyJWT 2's ``decode`` with ``require=["sub"]`` and no audience or issuer
 asked for: the signature; ``iat``, ``nbf`` and ``exp`` numbers (a numeric string too, as
