@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +25,18 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in list(os.environ):
         if var.startswith("SESSIONHUB_"):
             monkeypatch.delenv(var)
+
+
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """``serve`` sets up logging before it fails on a bad setting: its handler writes to this
+    test's captured stderr, which is closed once the test ends, so later tests in the same
+    process would print logging errors. Put the root logger back as it was."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,38 @@ async def test_a_failing_write_in_a_group_fails_alone(store: SqlStore) -> None:
     assert len(await store.unpublished(limit=100)) == 3 + 1 + 2 + 1
 
 
+async def test_a_half_done_change_in_a_group_is_rolled_back_and_the_rest_commits(
+    store: SqlStore,
+) -> None:
+    """A change whose row is updated and whose event then collides, among good changes in
+    one group: the half-done change wrote nothing (its savepoint is rolled back), and every
+    other change is durable exactly once."""
+    base = [created() for _ in range(4)]
+    await asyncio.gather(*(store.insert(c) for c in base))
+    good = [acted(base[i].session) for i in (0, 1, 3)]
+    half = engine.act(KIND, base[2].session, "end", actor=ALICE, now=T0, event_id=base[0].event.id)
+    before = _groups(store)
+    async with queued(store, 4):
+        tasks = [
+            asyncio.ensure_future(store.save(good[0])),
+            asyncio.ensure_future(store.save(half)),
+            asyncio.ensure_future(store.save(good[1])),
+            asyncio.ensure_future(store.save(good[2])),
+        ]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    if store.is_sqlite:
+        assert _since(store, before) == (1, 4)
+    assert isinstance(results[1], IntegrityError)
+    assert all(isinstance(results[i], Event) for i in (0, 2, 3))
+    assert await store.get(base[2].session.id) == base[2].session  # not even its row
+    for change in good:
+        assert await store.get(change.session.id) == change.session
+        assert [e.id for e in await store.events(change.session.id)][-1] == change.event.id
+    seqs = [r.seq for r in results if isinstance(r, Event)]
+    assert len(set(seqs)) == 3
+    assert len(await store.unpublished(limit=100)) == 4 + 3
+
+
 async def test_one_idempotency_key_twice_in_one_group_creates_once(store: SqlStore) -> None:
     a, b = created(), created()
     async with queued(store, 2):
