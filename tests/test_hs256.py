@@ -1,12 +1,10 @@
 """HS256 tokens made and checked without PyJWT (``sessionhub.hs256``): the same verdicts as
-PyJWT on the same tokens, stricter where the module says so, and a server configured with a
-secret that never imports PyJWT or cryptography."""
+PyJWT on the same tokens, and stricter where the module says so (that a server with a secret
+never imports PyJWT is in ``test_footprint.py``)."""
 
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -201,28 +199,3 @@ def test_a_tampered_payload_fails_the_signature() -> None:
     tampered = f"{head}.{_segment(orjson.dumps({'sub': 'admin'}))}.{sig}"
     with pytest.raises(hs256.TokenError, match="Signature verification failed"):
         hs256.decode(tampered, SECRET)
-
-
-def test_a_server_with_a_secret_imports_neither_pyjwt_nor_cryptography(tmp_path: Any) -> None:
-    # What `sessionhub serve` builds, in a fresh interpreter: the modules a secret-only
-    # configuration loads must not include the ~11 MB of PyJWT's cryptography.
-    code = f"""
-import sys
-from pathlib import Path
-from sessionhub.settings import Settings
-from sessionhub.server.runtime import build_runtime
-from sessionhub.server.app import create_app
-from sessionhub.server.serving import uvicorn_config
-import sessionhub.cli
-settings = Settings(data_dir=Path({str(tmp_path)!r}), jwt_secret={SECRET!r})
-runtime = build_runtime(settings)
-app = create_app(settings, runtime=runtime)
-uvicorn_config(app, settings)
-token = runtime.auth.issue("alice", ["admin"])
-assert runtime.auth.verify(token).sub == "alice"
-print(sorted(m for m in sys.modules if m.split(".")[0] in ("jwt", "cryptography")))
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -19,13 +19,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import orjson
 from sqlalchemy import and_, bindparam, exc, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..core.engine import Change
 from ..core.errors import (
@@ -40,6 +39,11 @@ from ..core.model import Event, Session, parse_iso
 from .base import Due, Page, SessionQuery
 from .schema import HEAD_REVISION, chat_messages, events, sessions
 from .sealing import Sealer
+
+if TYPE_CHECKING:
+    # Types only: SQLite needs the asyncio engine (6 MB with aiosqlite and greenlet) only
+    # for ``transaction()`` (see sqlite.py).
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .side_tables import SideTables
 
 log = logging.getLogger("sessionhub.store")

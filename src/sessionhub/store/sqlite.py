@@ -5,7 +5,9 @@ writer, so writes queue in-process instead of spinning on ``SQLITE_BUSY``. Every
 runs whole in a thread over the stdlib driver (one thread hop per operation, where
 aiosqlite costs several per statement): reads on a small pool, writes on the group-commit
 writer (``_GroupWriter``), which commits every write waiting in one transaction and one
-fsync. The async ``engine`` (aiosqlite) runs migrations and ``transaction()``.
+fsync; migrations run on the writer too. The async ``engine`` (aiosqlite) serves only
+``transaction()`` and is made on first use: a server that never asks for one never imports
+SQLAlchemy's asyncio extension, aiosqlite and greenlet (about 8 MB resident).
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from sqlalchemy import Column, Table, create_engine, event, exc
+from sqlalchemy import Column, Table, create_engine, event, exc, make_url
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from ..core.engine import Change
 from ..core.errors import Unavailable
 from ..core.model import Event
 from .schema import events, sessions
 from .sealing import Sealer
-from .sql import CHANGED_COLUMNS, SqlStore
+from .sql import CHANGED_COLUMNS, SqlStore, _upgrade
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 T = TypeVar("T")
 
@@ -61,10 +65,9 @@ class SqliteStore(SqlStore):
                 f"unsupported database URL {url!r} for SQLite (use sqlite+aiosqlite:///)"
             )
         super().__init__(url, sealer=sealer)
-        self.engine = create_async_engine(url, connect_args={"timeout": 30})
-        event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._async: AsyncEngine | None = None
         self._sync: Engine = create_engine(
-            self.engine.url.set(drivername="sqlite+pysqlite"),
+            make_url(url).set(drivername="sqlite+pysqlite"),
             connect_args={"timeout": 30, "check_same_thread": False},
             pool_size=5,
             max_overflow=5,
@@ -80,6 +83,16 @@ class SqliteStore(SqlStore):
         self._writer: _GroupWriter | None = None
         self._readers: ThreadPoolExecutor | None = None
 
+    @property
+    def engine(self) -> AsyncEngine:  # type: ignore[override]
+        """The asyncio engine (aiosqlite), made on first use (``transaction()``, tests)."""
+        if self._async is None:
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            self._async = create_async_engine(self.url, connect_args={"timeout": 30})
+            event.listen(self._async.sync_engine, "connect", _sqlite_pragmas)
+        return self._async
+
     def _upsert(self, table: Table) -> Any:
         return sqlite_insert(table)
 
@@ -93,7 +106,7 @@ class SqliteStore(SqlStore):
         if self._writer is None:
             self._writer = _GroupWriter(self._sync)
             self._readers = ThreadPoolExecutor(4, thread_name_prefix="sessionhub-sqlite-read")
-            path = self.engine.url.database
+            path = self._sync.url.database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         await self.migrate()
@@ -110,7 +123,25 @@ class SqliteStore(SqlStore):
         self._writer = None
         self._readers = None
         self._sync.dispose()
-        await self.engine.dispose()
+        if self._async is not None:
+            await self._async.dispose()
+
+    async def migrate(self, revision: str = "head") -> None:
+        """As ``SqlStore.migrate``, on the sync engine: as an exclusive job of the writer
+        once the store is started, so nothing else writes meanwhile."""
+
+        def run(_conn: Connection | None) -> None:
+            with self._sync.begin() as conn:
+                _upgrade(conn, revision)
+
+        try:
+            if self._writer is not None:
+                await self._writer.submit(run, exclusive=True)
+            else:
+                await asyncio.to_thread(run, None)
+        except Exception as error:
+            self._raise_outage(error)
+            raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
