@@ -65,7 +65,9 @@ class CreateSession(BaseModel):
 class PatchSession(BaseModel):
     """Send ``attributes`` (merged into the current ones), ``metadata`` (replaces the
     object), or both; at least one of them. Which attributes a session has depends on its
-    kind (``GET /api/kinds``): an unknown or immutable one is a 422."""
+    kind (``GET /api/kinds``): an unknown or immutable one is a 422. So is a metadata key
+    the kind reserves for itself (``GET /api/kinds``; ``remote_access`` keeps its commands
+    in ``_commands``), even one copied from the session as read."""
 
     model_config = ConfigDict(
         extra="forbid",
