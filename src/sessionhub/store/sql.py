@@ -39,12 +39,12 @@ from ..core.model import Event, Session, parse_iso
 from .base import Due, Page, SessionQuery
 from .schema import HEAD_REVISION, chat_messages, events, sessions
 from .sealing import Sealer
+from .side_tables import SideTables
 
 if TYPE_CHECKING:
     # Types only: SQLite needs the asyncio engine (6 MB with aiosqlite and greenlet) only
     # for ``transaction()`` (see sqlite.py).
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from .side_tables import SideTables
 
 log = logging.getLogger("sessionhub.store")
 
