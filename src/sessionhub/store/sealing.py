@@ -23,11 +23,15 @@ class Sealer:
 
     def __init__(self, keys: Sequence[str] = ()) -> None:
         self._fernet: MultiFernet | None = None
+        #: What a failed decryption raises (cryptography's InvalidToken once keys are set).
+        self._invalid: type[Exception] = RuntimeError
         if keys:
-            # cryptography (several MB resident) only where keys are configured.
-            from cryptography.fernet import Fernet, MultiFernet
+            # cryptography (several MB resident) only where keys are configured; looked up
+            # once here, not on every encrypted row read.
+            from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
             self._fernet = MultiFernet([Fernet(k.encode()) for k in keys])
+            self._invalid = InvalidToken
 
     @property
     def enabled(self) -> bool:
@@ -43,11 +47,9 @@ class Sealer:
             return text
         if self._fernet is None:
             raise RuntimeError("stored data is encrypted but no encryption key is configured")
-        from cryptography.fernet import InvalidToken
-
         try:
             return self._fernet.decrypt(text[len(PREFIX) :].encode()).decode()
-        except InvalidToken:
+        except self._invalid:
             raise RuntimeError("stored data cannot be decrypted with the configured keys") from None
 
     def reseal(self, text: str) -> str:
