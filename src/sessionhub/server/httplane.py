@@ -186,9 +186,12 @@ class LaneCycle(RequestResponseCycle):
         return True
 
     def _write(self, response: Response, start: float) -> None:
-        """The whole answer in one write (head and body), then what uvicorn's ``send`` does
-        once a response is complete, and the request's metrics and log line."""
+        """The request's metrics and log line, then the whole answer in one write (head and
+        body) and what uvicorn's ``send`` does once a response is complete. Counted before
+        it is written, so a client that has its answer finds it in the metrics and the log
+        (a test in another thread, a scrape right after)."""
         status = response.status_code
+        record(self.http.metrics, self._asgi, status, start)
         head = [STATUS_LINE[status]]
         for name, value in self.default_headers:
             head += (name, b": ", value, b"\r\n")
@@ -202,5 +205,4 @@ class LaneCycle(RequestResponseCycle):
         self.message_event.set()
         if not self.keep_alive:
             self.transport.close()
-        record(self.http.metrics, self._asgi, status, start)
         self.on_response()

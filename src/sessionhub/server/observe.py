@@ -160,10 +160,18 @@ class ObserveMiddleware:
             self._record(scope, status, start)
             return
 
+        recorded = False
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
+            # The line is written before the last of the answer goes out, so a client that has
+            # its answer finds the request in the log and the metrics.
+            nonlocal status, recorded
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                recorded = True
+                self._record(scope, status, start)
             await send(message)
 
         received = 0
@@ -182,7 +190,8 @@ class ObserveMiddleware:
         try:
             await self.app(scope, receive_limited, send_wrapper)
         finally:
-            self._record(scope, status, start)
+            if not recorded:
+                self._record(scope, status, start)
 
     def _record(self, scope: Scope, status: int, start: float) -> None:
         record(self.metrics, scope, status, start)
