@@ -73,7 +73,9 @@ class Conn:
         self.sink = sink
         self.handshake = handshake
         self.client = str(uuid.uuid4())
-        self.queue: list[Out] = []
+        #: What waits for the next flush; the empty tuple when nothing does (an idle
+        #: connection holds no list), a list from the first item on.
+        self.queue: list[Out] | tuple[()] = ()
         self.closed = False
         self.opened_at = time.time()
         #: Set when anything arrives; the liveness check of wires without their own pings.
@@ -86,7 +88,9 @@ class Conn:
         #: Topics the node delivers to this connection (live, pending or presence); a list,
         #: not a set: most connections follow one or two, and a set costs 216 bytes.
         self.topics: list[str] = []
-        self._batches: list[Out] = []
+        #: Reply batches queued this turn, sealed at the flush; None when there are none
+        #: (no list per idle connection).
+        self._batches: list[Out] | None = None
 
     # -- what a wire module implements --------------------------------------------------------
 
@@ -135,9 +139,12 @@ class Conn:
     def enqueue(self, item: Out) -> None:
         if self.closed:
             return
-        if not self.queue:
+        q = self.queue
+        if q:
+            q.append(item)
+        else:
+            self.queue = [item]
             self.node.mark_dirty(self)
-        self.queue.append(item)
 
     def send(self, payload: bytes) -> None:
         """Queue one message of this connection's own (not shared with others)."""
@@ -154,18 +161,22 @@ class Conn:
                 last.parts.append(payload)
                 return
         batch = Out.batch(payload)
-        self._batches.append(batch)
+        if self._batches is None:
+            self._batches = [batch]
+        else:
+            self._batches.append(batch)
         self.enqueue(batch)
 
     def flush(self) -> None:
         """Write what is queued (called by the node once per loop turn)."""
-        if self.closed or not self.queue:
+        items = self.queue
+        if self.closed or not items:
             return
-        items, self.queue = self.queue, []
-        if self._batches:
+        self.queue = ()
+        if self._batches is not None:
             for batch in self._batches:
                 batch.seal()
-            self._batches = []
+            self._batches = None
         try:
             self.sink.write(items)
         except Exception:
@@ -185,8 +196,9 @@ class Conn:
         Whether the connection is now too far behind (the caller disconnects it)."""
         if self.closed:
             return False
-        if self.queue:
-            self.queue.append(item)
+        q = self.queue
+        if q:
+            q.append(item)
             return False
         self.sink.write_one(item)
         return self.drop_slow and self.sink.buffered() > self.node.max_queue_bytes
@@ -204,8 +216,8 @@ class Conn:
             if self.closed:
                 return
         self.closed = True
-        self.queue = []
-        self._batches = []
+        self.queue = ()
+        self._batches = None
         try:
             last = self.goodbye(number, reason)
             if last:
@@ -219,7 +231,7 @@ class Conn:
         """The transport is gone (the peer closed, the network failed)."""
         if not self.closed:
             self.closed = True
-            self.queue = []
+            self.queue = ()
         self._end()
 
     def _end(self) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -284,7 +285,9 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         assert self._transport is not None
         peer_info = self._transport.get_extra_info("peername")
         peer = str(peer_info[0]) if isinstance(peer_info, tuple) and peer_info else ""
-        peer = client_address(peer, request.headers, self._config)
+        # Interned: the address is a key of the node's per-address count, and the many
+        # connections from one address (a proxy, a NAT) share one string.
+        peer = sys.intern(client_address(peer, request.headers, self._config))
         if not node.admit(peer):
             self._reject(429, "too many connections from this address", retry_after=5)
             return
@@ -390,4 +393,6 @@ def _utf8(data: bytes) -> bool:
 def uvicorn_ws_protocol(app: Any) -> type[asyncio.Protocol]:
     """The ``ws`` argument for ``uvicorn.Config`` that serves ``app``'s realtime routes
     with this engine: ``uvicorn.Config(app, ws=uvicorn_ws_protocol(app), ...)``."""
-    return type("SessionhubWebSocketProtocol", (RealtimeWebSocketProtocol,), {"app": app})
+    # Empty slots: without them the subclass would give every socket a ``__dict__``.
+    attrs = {"app": app, "__slots__": ()}
+    return type("SessionhubWebSocketProtocol", (RealtimeWebSocketProtocol,), attrs)

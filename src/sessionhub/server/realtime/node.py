@@ -350,9 +350,11 @@ class RealtimeNode:
         # all) and every queue leaves in one write at the end of the loop turn.
         for conn in active:
             q = conn.queue
-            if not q:
+            if q:
+                q.append(item)
+            else:
+                conn.queue = [item]
                 dirty.append(conn)
-            q.append(item)
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
@@ -384,7 +386,7 @@ class RealtimeNode:
                 continue
             # The hot path of a burst: shared frames only, one write of all of them. The
             # engine reports a slow reader itself (see ``Conn.writer``).
-            conn.queue = []
+            conn.queue = ()
             try:
                 write(q[0].framed if len(q) == 1 else b"".join([o.framed for o in q]))
             except Exception:  # a transport that closed under us

@@ -4,6 +4,7 @@ upgrade request it was opened with (:class:`Handshake`)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -73,6 +74,7 @@ class Sink(Protocol):
 
 #: Request headers a connection keeps after its upgrade (the credentials).
 KEPT_HEADERS = ("authorization", "x-api-key")
+#: The query or kept headers of a handshake that has none (shared, read-only).
 _NO_QUERY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -99,9 +101,10 @@ class Handshake:
         """The handshake of an upgrade to ``target``, keeping only the headers a wire reads
         later (``KEPT_HEADERS``): a connection lives for hours, its request head need not."""
         path, _, query = target.partition("?")
-        kept = {k: headers[k] for k in KEPT_HEADERS if k in headers}
+        kept = {k: headers[k] for k in KEPT_HEADERS if k in headers} or _NO_QUERY
         args = dict(parse_qsl(query, keep_blank_values=True)) if query else _NO_QUERY
-        return cls(path, args, kept, peer, params)
+        # Interned: thousands of connections to ``/connection/websocket`` share one string.
+        return cls(sys.intern(path), args, kept, peer, params)
 
     def credentials(self) -> tuple[str | None, str | None]:
         """``(Authorization, X-API-Key)`` from the headers, or a ``?token=`` for browsers,

@@ -169,7 +169,9 @@ class FrameParser:
     def __init__(self, max_size: int = 1 << 20) -> None:
         self.max_size = max_size
         self._buf = b""
-        self._fragments: list[bytes] = []
+        #: The fragments of a message being received; None between messages (most
+        #: connections never fragment: no list per idle connection).
+        self._fragments: list[bytes] | None = None
         self._frag_op = 0
         self._frag_size = 0
 
@@ -230,10 +232,13 @@ class FrameParser:
             self._frag_size += n
             if self._frag_size > self.max_size:
                 raise WebSocketError(CLOSE_TOO_BIG, "message too big")
-            self._fragments.append(payload)
+            fragments = self._fragments
+            if fragments is None:
+                fragments = self._fragments = []
+            fragments.append(payload)
             if fin:
-                out.append((self._frag_op, b"".join(self._fragments)))
-                self._fragments = []
+                out.append((self._frag_op, b"".join(fragments)))
+                self._fragments = None
         self._buf = buf[pos:] if pos < end else b""
         return out
 
