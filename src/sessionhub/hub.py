@@ -30,7 +30,7 @@ from .core.errors import (
     VersionConflict,
 )
 from .core.kind import Kind
-from .core.model import DELETED, JSON, Event, Session
+from .core.model import DELETED, JSON, Event, Session, iso
 from .core.principal import SYSTEM_PRINCIPAL, Principal
 from .core.query import Due, Page, SessionQuery
 from .core.streams import StreamPosition
@@ -572,7 +572,7 @@ class Hub:
         out = session.to_dict()
         pending = self._pending_heartbeats.get(session.id)
         if pending is not None and pending > session.last_activity_at:
-            out["last_activity_at"] = pending.isoformat().replace("+00:00", "Z")
+            out["last_activity_at"] = iso(pending)
         out["duration_seconds"] = session.duration_seconds(self.clock())
         kind = self.kinds.get(session.kind)
         if kind is not None:

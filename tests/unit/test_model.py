@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from sessionhub.core.model import Event, Session, iso, parse_iso
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -18,6 +21,25 @@ def test_iso_is_utc_with_z_and_parse_round_trips() -> None:
     assert parse_iso("2026-01-01T12:00:00Z") == T0
     assert parse_iso("2026-01-01T12:00:00") == T0
     assert parse_iso(iso(T0 + timedelta(microseconds=5)) or "") == T0 + timedelta(microseconds=5)
+
+
+@given(
+    st.datetimes(timezones=st.sampled_from([UTC, timezone.utc, timezone(timedelta(hours=-7))]))
+)
+def test_iso_writes_what_isoformat_writes(ts: datetime) -> None:
+    # iso() takes orjson's shortcut; its text must stay isoformat's (a fraction only when
+    # there are microseconds, years below 1000 zero-padded), whatever the time.
+    expected = ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    assert iso(ts) == expected
+    assert parse_iso(expected) == ts
+
+
+class _Stamp(datetime):
+    """A datetime subclass (orjson refuses them)."""
+
+
+def test_iso_of_a_datetime_subclass() -> None:
+    assert iso(_Stamp(2026, 1, 1, 12, 0, 0, 5, tzinfo=UTC)) == "2026-01-01T12:00:00.000005Z"
 
 
 def test_session_to_dict_and_duration() -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 JSON = dict[str, Any]
 
 
@@ -15,7 +17,12 @@ def iso(ts: datetime | None) -> str | None:
         return None
     if ts.tzinfo is not UTC:  # already UTC is the common case: no conversion then
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    return ts.isoformat().replace("+00:00", "Z")
+    # orjson writes the same text as ``isoformat()`` with ``Z`` (fraction only when there are
+    # microseconds) in a third of the time; a session's answer and its event carry a dozen.
+    try:
+        return orjson.dumps(ts, option=orjson.OPT_UTC_Z)[1:-1].decode()
+    except orjson.JSONEncodeError:  # a datetime subclass orjson does not take
+        return ts.isoformat().replace("+00:00", "Z")
 
 
 def parse_iso(text: str) -> datetime:
