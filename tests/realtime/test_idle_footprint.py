@@ -1,16 +1,19 @@
-"""What an idle connection keeps on the native engine. A node holds one connection per socket,
+"""What an idle connection keeps on the native engine, and when the node flushes. A node holds one connection per socket,
 tens of thousands of them, so an idle one must not carry what only a busy one needs: no
 send queue, no reply batch, no fragment list, no ``__dict__`` on its protocol, no copy of
 the path or the headers it did not send (``bench/fanout.py`` measures the bytes)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 from tests.live import LiveServer
 
 from sessionhub.server.realtime.conn import Conn
+from sessionhub.server.realtime.node import FLUSH_PAUSE
 
 from .helpers import Raw, until
 
@@ -53,3 +56,36 @@ async def test_an_idle_connection_keeps_no_per_message_state(
     finally:
         for r in readers:
             await r.close()
+
+
+async def test_a_flush_right_after_a_long_one_waits_a_share_of_it(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    """Under load the next flush waits ``FLUSH_PAUSE`` of the last one's duration after it
+    ended (capped by ``burst_window``), so that what a long pass set off joins one write per
+    subscriber; a flush long after the last goes out on the next loop turn."""
+    live = make_server()
+
+    async def schedule(took: float, ended_ago: float) -> float | None:
+        node = live.realtime
+        node._flush_took = took
+        node._last_fanout = time.monotonic() - ended_ago
+        node._schedule_flush()
+        handle: Any = node._flush_handle
+        assert handle is not None
+        when = getattr(handle, "when", None)  # call_soon's handle has no time
+        delay = None if when is None else when() - asyncio.get_running_loop().time()
+        handle.cancel()
+        node._flush_handle = None
+        return delay
+
+    # A 4 ms pass that just ended: the next waits about 1 ms (uvloop's timers count in ms).
+    delay = await live.call(schedule(0.004, 0.0))
+    assert delay is not None and 0.0 < delay <= 0.0015, delay
+    # A pass of a second: the pause is capped at burst_window (2 ms).
+    delay = await live.call(schedule(1.0, 0.0))
+    assert delay is not None and 0.001 <= delay <= 0.0025, delay
+    # Long after the last flush, or after a short one: at once.
+    assert await live.call(schedule(0.004, 1.0)) is None
+    assert await live.call(schedule(0.00001, 0.0)) is None
+    assert FLUSH_PAUSE == 0.25
