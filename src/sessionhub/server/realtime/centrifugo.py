@@ -50,6 +50,10 @@ def encode_presence(event: PresenceEvent) -> Out:
     return Out(push(event.topic, info))
 
 
+#: How many topics ``Centrifugo.may_publish`` remembers the answer for.
+_PUBLISHABLE_MAX = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class CentrifugoConfig:
     """The protocol's limits on this node."""
@@ -74,6 +78,9 @@ class Centrifugo:
         )
         #: The server's ping, the same bytes for every connection.
         self.ping = Out(proto.PING)
+        #: Topics checked against ``publish_topics`` (a publisher names the same few over
+        #: and over; the patterns never change), up to ``_PUBLISHABLE_MAX`` of them.
+        self._publishable: dict[str, bool] = {}
 
     def open(self, node: RealtimeNode, sink: Sink, handshake: Handshake) -> Conn:
         return CentrifugoConn(self, node, sink, handshake)
@@ -85,9 +92,15 @@ class Centrifugo:
     def may_publish(self, principal: Principal, topic: str) -> bool:
         """Clients publish only where configured (no topic by default), and only admins:
         session events come from the hub, never from a client."""
-        return principal.is_admin and any(
-            fnmatch.fnmatchcase(topic, p) for p in self.config.publish_topics
-        )
+        if not principal.is_admin:
+            return False
+        known = self._publishable.get(topic)
+        if known is None:
+            known = any(fnmatch.fnmatchcase(topic, p) for p in self.config.publish_topics)
+            if len(self._publishable) >= _PUBLISHABLE_MAX:
+                self._publishable.clear()  # a client naming ever new topics: start over
+            self._publishable[topic] = known
+        return known
 
     def unsubscribe(
         self, client: str, topic: str, code: codes.Code = codes.UNSUBSCRIBE_SERVER
