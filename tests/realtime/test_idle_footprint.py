@@ -46,7 +46,7 @@ async def test_an_idle_connection_keeps_no_per_message_state(
             sink: Any = conn.sink
             assert not hasattr(sink, "__dict__"), "the protocol class lost its slots"
             assert sink._parser._fragments is None
-            assert conn.topics == ["user:alice"]
+            assert conn.topics == ("user:alice",)
         first, second = (c.handshake for c in conns)
         # One string for the path and for the address, one shared empty mapping for the
         # headers that were not sent (the token came in the connect command).

@@ -85,9 +85,10 @@ class Conn:
         #: itself (the fast engine does so from ``pause_writing``) and never let it write
         #: once the connection is closed (a closed connection is detached from its topics).
         self.writer: Callable[[bytes], object] | None = None
-        #: Topics the node delivers to this connection (live, pending or presence); a list,
-        #: not a set: most connections follow one or two, and a set costs 216 bytes.
-        self.topics: list[str] = []
+        #: Topics the node delivers to this connection (live, pending or presence); a tuple,
+        #: rebuilt by the node when one is added or dropped (rare): most connections follow
+        #: one or two, and a tuple of one is 48 bytes where a list is 88 and a set 216.
+        self.topics: tuple[str, ...] = ()
         #: Reply batches queued this turn, sealed at the flush; None when there are none
         #: (no list per idle connection).
         self._batches: list[Out] | None = None

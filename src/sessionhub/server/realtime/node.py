@@ -211,7 +211,7 @@ class RealtimeNode:
                 self._per_peer[peer] = left
             else:
                 del self._per_peer[peer]
-        for topic in list(conn.topics):
+        for topic in conn.topics:  # a tuple: detach rebinds it, this pass keeps the old one
             self.detach(conn, topic)
         return True
 
@@ -251,7 +251,7 @@ class RealtimeNode:
         """Register ``conn`` as pending on ``topic``: publications go to ``backlog``."""
         self._topic(topic).pending[conn] = backlog
         if topic not in conn.topics:
-            conn.topics.append(topic)
+            conn.topics = (*conn.topics, topic)
 
     def live(self, conn: Conn, topic: str, encoder: Encoder | None) -> None:
         """Deliver ``topic`` to ``conn`` from now on: framed by ``encoder`` (shared by every
@@ -260,7 +260,7 @@ class RealtimeNode:
         t.pending.pop(conn, None)
         t.groups.setdefault(encoder, {})[conn] = conn.writer if encoder is not None else None
         if topic not in conn.topics:
-            conn.topics.append(topic)
+            conn.topics = (*conn.topics, topic)
 
     def watch(self, conn: Conn, topic: str, encode: Callable[[PresenceEvent], Out | None]) -> None:
         """Send ``conn`` the join/leave events of ``topic``, framed by ``encode``."""
@@ -269,11 +269,11 @@ class RealtimeNode:
             t.unwatch = self.hub.presence.watch(topic, self._on_presence)
         t.presence[conn] = encode
         if topic not in conn.topics:
-            conn.topics.append(topic)
+            conn.topics = (*conn.topics, topic)
 
     def detach(self, conn: Conn, topic: str) -> None:
         if topic in conn.topics:
-            conn.topics.remove(topic)
+            conn.topics = tuple(t for t in conn.topics if t != topic)
         t = self._topics.get(topic)
         if t is None:
             return
