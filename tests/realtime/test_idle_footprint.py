@@ -1,7 +1,9 @@
-"""What an idle connection keeps on the native engine, and when the node flushes. A node holds one connection per socket,
-tens of thousands of them, so an idle one must not carry what only a busy one needs: no
-send queue, no reply batch, no fragment list, no ``__dict__`` on its protocol, no copy of
-the path or the headers it did not send (``bench/fanout.py`` measures the bytes)."""
+"""What an idle connection keeps on the native engine, and when the node flushes.
+
+A node holds one connection per socket, tens of thousands of them, so an idle one must not
+carry what only a busy one needs: no send queue, no reply batch, no fragment list, no
+``__dict__`` on its protocol, no copy of the path or the headers it did not send
+(``bench/fanout.py`` measures the bytes)."""
 
 from __future__ import annotations
 
@@ -89,3 +91,19 @@ async def test_a_flush_right_after_a_long_one_waits_a_share_of_it(
     assert await live.call(schedule(0.004, 1.0)) is None
     assert await live.call(schedule(0.00001, 0.0)) is None
     assert FLUSH_PAUSE == 0.25
+
+    # A lone publication (written at once, after a quiet spell) ends the burst: what comes
+    # after it is not held back by the pause of an earlier burst's flush.
+    reader = await _subscribed(live)
+    try:
+
+        async def after_a_burst() -> None:
+            live.realtime._flush_took = 0.004
+
+        await live.call(after_a_burst())
+        await asyncio.sleep(0.05)  # quiet for longer than burst_window
+        await live.publish("user:alice", b'{"lone":true}')
+        assert (await reader.push())["push"]["pub"]["data"] == {"lone": True}
+        assert live.realtime._flush_took == 0.0
+    finally:
+        await reader.close()

@@ -15,9 +15,9 @@ subscriber's queue instead and one callback flushes every queue that received so
 a burst leaves each connection in one write. Under sustained load that callback waits, after
 the previous flush ended, a quarter of the time that flush took (at most ``burst_window``):
 a pass over a thousand subscribers takes milliseconds, the publishers answer its writes with
-the next publications, and without the pause they would be split over twice as many writes
-(one syscall per subscriber each; measured in ``bench/fanout.py``'s window mode). A connection whose
-unsent bytes exceed ``max_queue_bytes`` is disconnected with code 3008 (slow) and never
+the next publications, and without the pause those would be split over twice as many writes
+(a syscall per subscriber each; measured in ``bench/fanout.py``'s window mode). A connection
+whose unsent bytes exceed ``max_queue_bytes`` is disconnected with code 3008 (slow) and never
 holds the others up: nothing here waits on a socket.
 
 Continuity. The node remembers each followed topic's last offset and epoch; a publication
@@ -356,6 +356,9 @@ class RealtimeNode:
             for conn in slow or ():
                 conn.drop_if_slow()
             self._last_fanout = time.monotonic()
+            # Not a burst: what follows a lone publication (its publisher's reply) goes out
+            # on the next turn, not after a pause measured on an earlier burst's flush.
+            self._flush_took = 0.0
             return
         dirty = self._dirty
         # In a burst, the hot loop is one list append per subscriber (the same object for
