@@ -63,7 +63,7 @@ async def test_an_idle_connection_keeps_no_per_message_state(
 async def test_a_flush_right_after_a_long_one_waits_a_share_of_it(
     make_server: Callable[..., LiveServer],
 ) -> None:
-    """Under load the next flush waits ``FLUSH_PAUSE`` of the last one's duration after it
+    """Under load the next flush waits ``FLUSH_PAUSE`` of the last pass's duration after it
     ended (capped by ``burst_window``), so that what a long pass set off joins one write per
     subscriber; a flush long after the last goes out on the next loop turn."""
     live = make_server()
@@ -92,8 +92,9 @@ async def test_a_flush_right_after_a_long_one_waits_a_share_of_it(
     assert await live.call(schedule(0.00001, 0.0)) is None
     assert FLUSH_PAUSE == 0.25
 
-    # A lone publication (written at once, after a quiet spell) ends the burst: what comes
-    # after it is not held back by the pause of an earlier burst's flush.
+    # A lone publication (written at once, after a quiet spell) is a pass of its own: what
+    # comes after it is paced by that pass (here one subscriber: no pause), not by an
+    # earlier burst's flush.
     reader = await _subscribed(live)
     try:
 
@@ -104,6 +105,6 @@ async def test_a_flush_right_after_a_long_one_waits_a_share_of_it(
         await asyncio.sleep(0.05)  # quiet for longer than burst_window
         await live.publish("user:alice", b'{"lone":true}')
         assert (await reader.push())["push"]["pub"]["data"] == {"lone": True}
-        assert live.realtime._flush_took == 0.0
+        assert 0.0 <= live.realtime._flush_took < 0.004
     finally:
         await reader.close()

@@ -13,7 +13,7 @@ format needs per-connection framing (SSE ids carry every topic's position) get
 pass and one write per subscriber. In a burst the same object is appended to every
 subscriber's queue instead and one callback flushes every queue that received something, so
 a burst leaves each connection in one write. Under sustained load that callback waits, after
-the previous flush ended, a quarter of the time that flush took (at most ``burst_window``):
+the previous pass ended, a quarter of the time that pass took (at most ``burst_window``):
 a pass over a thousand subscribers takes milliseconds, the publishers answer its writes with
 the next publications, and without the pause those would be split over twice as many writes
 (a syscall per subscriber each; measured in ``bench/fanout.py``'s window mode). A connection
@@ -49,9 +49,9 @@ from .socket import Handshake, Out, Sink
 
 log = logging.getLogger("sessionhub.realtime")
 
-#: Under load, the share of the last flush's duration the next flush waits after it ended
-#: (at most ``burst_window``). A quarter: at N = 1000 it merged the publications a flush set
-#: off into the next one's writes (0.24 -> 0.13 writes per delivery), at N = 100 it cost
+#: Under load, the share of the last pass's duration (a flush, or a lone publication's
+#: writes) the next flush waits after it ended (at most ``burst_window``). A quarter: at
+#: N = 1000 it merged the publications a pass set off into the next one's writes (0.24 -> 0.13 writes per delivery), at N = 100 it cost
 #: nothing measurable; a half began to leave the core idle.
 FLUSH_PAUSE = 0.25
 
@@ -136,7 +136,8 @@ class RealtimeNode:
         #: Publications closer together than this are a burst: coalesced per loop turn.
         self.burst_window = burst_window
         self._last_fanout = -1e9
-        #: How long the last flush took (seconds); sets the pause before the next one.
+        #: How long the last pass took (a flush, or a lone publication's writes), seconds;
+        #: sets the pause before the next flush.
         self._flush_took = 0.0
         #: Called on every tick (wires with node-wide timers, e.g. KATO's updates).
         self.on_tick: list[Callable[[], Coroutine[Any, Any, None]]] = []
@@ -347,6 +348,7 @@ class RealtimeNode:
             # here, and disconnected after the loop: the loop must not change ``active``.
             framed = item.framed
             slow: list[Conn] | None = None
+            started = time.monotonic()
             for conn, write in active.items():
                 if write is not None:
                     write(framed)
@@ -356,9 +358,9 @@ class RealtimeNode:
             for conn in slow or ():
                 conn.drop_if_slow()
             self._last_fanout = time.monotonic()
-            # Not a burst: what follows a lone publication (its publisher's reply) goes out
-            # on the next turn, not after a pause measured on an earlier burst's flush.
-            self._flush_took = 0.0
+            # A pass like a flush's: what it sets off is paced by its own duration (not by
+            # an earlier burst's), a long pass over many subscribers as a long flush.
+            self._flush_took = self._last_fanout - started
             return
         dirty = self._dirty
         # In a burst, the hot loop is one list append per subscriber (the same object for
@@ -391,7 +393,7 @@ class RealtimeNode:
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        """The flush of every dirty queue: next loop turn, or, right after a long flush, once
+        """The flush of every dirty queue: next loop turn, or, right after a long pass, once
         ``FLUSH_PAUSE`` of its duration (at most ``burst_window``) has passed since it ended,
         so that what its writes set off joins the next one (module docstring)."""
         loop = asyncio.get_running_loop()
