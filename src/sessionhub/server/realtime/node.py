@@ -51,8 +51,9 @@ log = logging.getLogger("sessionhub.realtime")
 
 #: Under load, the share of the last pass's duration (a flush, or a lone publication's
 #: writes) the next flush waits after it ended (at most ``burst_window``). A quarter: at
-#: N = 1000 it merged the publications a pass set off into the next one's writes (0.24 -> 0.13 writes per delivery), at N = 100 it cost
-#: nothing measurable; a half began to leave the core idle.
+#: N = 1000 it merged the publications a pass set off into the next one's writes (0.24 ->
+#: 0.13 writes per delivery), at N = 100 it cost nothing measurable; a half began to leave
+#: the core idle.
 FLUSH_PAUSE = 0.25
 
 #: Who connected without credentials where that is allowed (compared by identity).
@@ -364,7 +365,7 @@ class RealtimeNode:
             return
         dirty = self._dirty
         # In a burst, the hot loop is one list append per subscriber (the same object for
-        # all) and every queue leaves in one write at the end of the loop turn.
+        # all) and every queue leaves in one write at the next flush.
         for conn in active:
             q = conn.queue
             if q:
