@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import orjson
 import pytest
+from tests.processes import Server
 
-from sessionhub.server.observe import JsonFormatter, TurnHandler
+from sessionhub.server.observe import JsonFormatter, TurnHandler, flushing_signals
 
 
 class Counting(io.StringIO):
@@ -108,3 +112,45 @@ async def test_the_server_formatter_on_it_writes_json_lines(
     log.info("request", extra={"fields": {"status": 404}})
     await asyncio.sleep(0)
     assert [orjson.loads(line)["status"] for line in lines(stream)] == [200, 404]
+
+
+@pytest.mark.slow
+async def test_a_server_stopped_by_sigterm_writes_its_last_lines(tmp_path: Path) -> None:
+    """uvicorn re-raises SIGTERM once it has shut down, which skips ``atexit``: the lines
+    the handler still held (the shutdown's own) must be written before the process ends."""
+    server = Server(tmp_path / "data", None, tmp_path / "server.log")
+    try:
+        await server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            assert (await http.get("/api/health")).status_code == 200
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=20) == -signal.SIGTERM  # still ended by the signal
+        records = [orjson.loads(line) for line in server.log().splitlines() if line[:1] == "{"]
+        assert records[-1]["msg"].startswith("Finished server process"), records[-3:]
+        assert any(r["msg"] == "Application shutdown complete." for r in records)
+    finally:
+        server.stop()
+
+
+def test_flushing_signals_flush_then_do_what_the_signal_did_before(
+    logged: tuple[logging.Logger, TurnHandler, Counting],
+) -> None:
+    _, handler, stream = logged
+    seen: list[int] = []
+
+    def record(signum: int, _frame: object) -> None:
+        seen.append(signum)
+
+    original = signal.signal(signal.SIGUSR1, record)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with flushing_signals((signal.SIGUSR1,)):
+            handler._lines.append("held")  # as if logged in a turn that never ended
+            signal.raise_signal(signal.SIGUSR1)
+            assert lines(stream) == ["held"]  # written first,
+            assert seen == [signal.SIGUSR1]  # then the handler from before ran
+        assert signal.getsignal(signal.SIGUSR1) is record  # put back as it was
+    finally:
+        root.removeHandler(handler)
+        signal.signal(signal.SIGUSR1, original)

@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .server.app import create_app
-    from .server.observe import setup_logging
+    from .server.observe import flushing_signals, setup_logging
     from .server.runtime import build_runtime
     from .server.serving import uvicorn_config
 
@@ -103,7 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # PATCH at half load went from about 106 ms to 16-24 ms without it. Not in create_app
     # itself: a process that builds many apps (the tests) would keep every one.
     app.state.freeze_gc = True
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    with flushing_signals():  # the log's last lines, when uvicorn re-raises SIGTERM
+        uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
 
 

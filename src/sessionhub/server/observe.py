@@ -7,10 +7,13 @@ per request and leaves WebSocket and streaming responses untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -352,6 +355,41 @@ class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.flush()
         except Exception:
             self.handleError(logging.makeLogRecord({"msg": "log write failed"}))
+
+
+@contextlib.contextmanager
+def flushing_signals(
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> Iterator[None]:
+    """While it lasts, ``signals`` first write what the root logger's handlers hold.
+
+    uvicorn catches SIGINT and SIGTERM while it serves; once it has shut down it puts back
+    the handlers it found and raises the signal again, which ends the process without
+    ``atexit`` (``logging.shutdown``): without this the lines of the last loop turns a
+    :class:`TurnHandler` holds, "Finished server process" among them, would be lost. Each
+    signal then does what it did before (the default: end the process by that signal)."""
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def flush_then(signum: int, frame: FrameType | None) -> None:
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        before = previous.get(signal.Signals(signum))
+        if before is signal.SIG_IGN:
+            return
+        if callable(before):
+            before(signum, frame)
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    for sig in signals:
+        signal.signal(sig, flush_then)
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before if before is not None else signal.SIG_DFL)
 
 
 def setup_logging(level: str = "info") -> None:
