@@ -302,8 +302,9 @@ class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
     of one a request: each write gives up the GIL, and on a busy node the SQLite writer
     thread takes it every time. Measured with wrk on SQLite: logging at info cost a PATCH
     about 13 % of its CPU with a write a line; written a turn at a time, a PATCH took 5 %
-    less CPU. ``flush()`` (also at exit, by ``logging.shutdown``) writes what waits; only a
-    process killed outright loses the lines of its last turn."""
+    less CPU. ``flush()`` (also at exit, by ``logging.shutdown``, and on SIGINT or SIGTERM
+    under :func:`flushing_signals`) writes what waits; only a process killed outright loses
+    the lines of its last turn."""
 
     #: Lines that may wait before they are written anyway.
     max_lines = 256
