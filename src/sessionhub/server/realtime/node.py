@@ -409,6 +409,11 @@ class RealtimeNode:
         self._flush_handle = None
         started = time.monotonic()
         dirty, self._dirty = self._dirty, []
+        # The subscribers of a topic queued the same frames in the same order: one join
+        # serves them all (a list compares its items by identity first, and ``Out`` by
+        # identity only), and their transports hold one buffer instead of one each.
+        joined: list[Out] | None = None
+        joined_data = b""
         for conn in dirty:
             q = conn.queue
             write = conn.writer
@@ -418,8 +423,14 @@ class RealtimeNode:
             # The hot path of a burst: shared frames only, one write of all of them. The
             # engine reports a slow reader itself (see ``Conn.writer``).
             conn.queue = ()
+            if len(q) == 1:
+                data = q[0].framed
+            else:
+                if q != joined:
+                    joined, joined_data = q, b"".join([o.framed for o in q])
+                data = joined_data
             try:
-                write(q[0].framed if len(q) == 1 else b"".join([o.framed for o in q]))
+                write(data)
             except Exception:  # a transport that closed under us
                 conn.disconnect(codes.WRITE_ERROR)
         self._last_fanout = time.monotonic()
