@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +78,22 @@ def _problem_text(response: Any) -> str:
 TALLY = os.environ.get("SESSIONHUB_ST_EXCUSED")
 
 
+#: schemathesis runs ``--workers`` threads: one read-modify-write of the tally at a time,
+#: and the file replaced whole, or a reader could find it half written (it did, in CI:
+#: a JSONDecodeError in this hook failed a run that had found nothing).
+_TALLY_LOCK = threading.Lock()
+
+
 def _count(key: str) -> None:
     if not TALLY:
         return
     path = Path(TALLY)
-    tally = json.loads(path.read_text()) if path.exists() else {}
-    tally[key] = tally.get(key, 0) + 1
-    path.write_text(json.dumps(tally, sort_keys=True))
+    with _TALLY_LOCK:
+        tally = json.loads(path.read_text()) if path.exists() else {}
+        tally[key] = tally.get(key, 0) + 1
+        part = path.with_name(path.name + ".part")
+        part.write_text(json.dumps(tally, sort_keys=True))
+        part.replace(path)
 
 
 @schemathesis.hook
