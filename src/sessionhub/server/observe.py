@@ -347,13 +347,12 @@ class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._write()
 
     def _write(self) -> None:
-        # Called holding the lock.
+        # Called holding the lock (an RLock: StreamHandler.flush takes it again).
         lines, self._lines = self._lines, []
         try:
             if lines:
                 self.stream.write("\n".join(lines) + self.terminator)
-            if self.stream and hasattr(self.stream, "flush"):
-                self.stream.flush()
+            super().flush()
         except Exception:
             self.handleError(logging.makeLogRecord({"msg": "log write failed"}))
 

@@ -75,7 +75,7 @@ class Sink(Protocol):
 #: Request headers a connection keeps after its upgrade (the credentials).
 KEPT_HEADERS = ("authorization", "x-api-key")
 #: The query or kept headers of a handshake that has none (shared, read-only).
-_NO_QUERY: Mapping[str, str] = MappingProxyType({})
+_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +101,8 @@ class Handshake:
         """The handshake of an upgrade to ``target``, keeping only the headers a wire reads
         later (``KEPT_HEADERS``): a connection lives for hours, its request head need not."""
         path, _, query = target.partition("?")
-        kept = {k: headers[k] for k in KEPT_HEADERS if k in headers} or _NO_QUERY
-        args = dict(parse_qsl(query, keep_blank_values=True)) if query else _NO_QUERY
+        kept = {k: headers[k] for k in KEPT_HEADERS if k in headers} or _EMPTY
+        args = dict(parse_qsl(query, keep_blank_values=True)) if query else _EMPTY
         # Interned: thousands of connections to ``/connection/websocket`` share one string.
         return cls(sys.intern(path), args, kept, peer, params)
 
