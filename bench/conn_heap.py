@@ -7,8 +7,9 @@ temporary directory) with ``tracemalloc`` on, connects a warm-up fleet, takes a 
 connects ``--conns`` more subscribers from a child process (so the client's objects are not
 counted), takes another, and prints the difference per connection: grouped by the innermost
 sessionhub frame that led to the allocation (``--by sessionhub``) or by the allocating line
-itself (``--by line``). tracemalloc sees only the Python heap: uvloop's C structures and the
-kernel's socket buffers are in the RSS column but not in the rows.
+itself (``--by line``). tracemalloc sees only Python objects (those uvloop makes in C, its
+transports and handles, fall under no sessionhub frame): libuv's own memory and the kernel's
+socket buffers are in the RSS line but in no row.
 
     .venv/bin/python bench/conn_heap.py --conns 1000
 """
