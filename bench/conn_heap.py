@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import tracemalloc
 from collections import defaultdict
 from pathlib import Path
 
+import psutil
 import uvicorn
 import uvloop
 
@@ -52,11 +52,6 @@ async def main(url, token, n):
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
-
-
-def rss() -> int:
-    with open(f"/proc/{os.getpid()}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def fleet(url: str, token: str, n: int) -> subprocess.Popen[str]:
@@ -105,6 +100,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
     loop = uvloop.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),))
     thread.start()
+    me = psutil.Process()  # RSS as bench/fanout.py reads it
     deadline = time.monotonic() + 20
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
@@ -118,11 +114,11 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
         time.sleep(0.5)
         tracemalloc.start(12)
         gc.collect()
-        before, rss0 = tracemalloc.take_snapshot(), rss()
+        before, rss0 = tracemalloc.take_snapshot(), me.memory_info().rss
         fleets.append(fleet(url, token, args.conns))
         time.sleep(1.0)
         gc.collect()
-        after, rss1 = tracemalloc.take_snapshot(), rss()
+        after, rss1 = tracemalloc.take_snapshot(), me.memory_info().rss
     finally:
         for p in fleets:
             assert p.stdin is not None
