@@ -325,3 +325,17 @@ def test_tick_ends_an_expired_token_and_a_client_that_never_connected() -> None:
     assert fresh.tick(NOW) is False  # opened a second ago: still allowed to connect
     stale = fresh.tick(NOW + 30)
     assert isinstance(stale, m.Close) and stale.code is codes.STALE
+
+
+def test_subscribers_of_one_topic_share_its_name_and_keep_no_backlog_once_live() -> None:
+    # Memory per idle connection (bench/conn_heap.py): each subscriber's copy of the topic
+    # name, parsed afresh from its command, and the empty backlog list it kept once live.
+    subs = []
+    for _ in range(2):
+        s = connected()
+        channel = "".join(["user:", "alice"])  # a new string each time, as a parser makes
+        drive(s, cmd(2, "subscribe", channel=channel), world())
+        subs.append(s.subs["user:alice"])
+    assert subs[0].active and subs[1].active
+    assert subs[0].topic is subs[1].topic
+    assert subs[0].backlog == () and subs[1].backlog == ()

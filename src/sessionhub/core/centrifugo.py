@@ -14,6 +14,7 @@ event is serialised once and the same bytes go to every subscriber.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +163,10 @@ def get_channel(params: dict[str, Any]) -> str:
     if not valid_topic(channel):
         raise CommandError(codes.UNKNOWN_CHANNEL)
     assert isinstance(channel, str)
-    return channel
+    # Interned: every subscriber of a topic keeps its name (its subscription, the node's
+    # indexes); parsed afresh from each command, a thousand subscribers would keep a
+    # thousand copies of one string.
+    return sys.intern(channel)
 
 
 # -- encoding -------------------------------------------------------------------------------

@@ -202,8 +202,10 @@ class Subscription:
     topic: str
     join_leave: bool = False
     active: bool = False
-    #: Publications that arrived while the subscribe command was being answered.
-    backlog: list[Publication] = field(default_factory=list)
+    #: Publications that arrived while the subscribe command was being answered; the empty
+    #: tuple once the subscription is live (nothing adds to it then, and an idle
+    #: connection need not keep an empty list for it: 56 bytes).
+    backlog: list[Publication] | tuple[()] = field(default_factory=list)
     offset: int = 0
     epoch: str = ""
 
@@ -301,7 +303,7 @@ class ClientState:
 
     def activation(self, sub: Subscription, position: StreamPosition, *, ended: bool) -> Activation:
         """Join the live stream: what of the backlog to deliver, and whether to go live."""
-        backlog, sub.backlog = sub.backlog, []
+        backlog, sub.backlog = sub.backlog, ()
         result = activate(sub.topic, position, backlog, ended=ended)
         sub.offset, sub.epoch = result.position.offset, result.position.epoch
         return result

@@ -49,15 +49,45 @@ def _refusal(status: int, reason: str) -> bytes:
     ).encode() + body
 
 
+def _is_uvloop(transport: asyncio.BaseTransport) -> bool:
+    return type(transport).__module__.startswith("uvloop")
+
+
 def _nodelay(transport: asyncio.BaseTransport) -> None:
     """Disable Nagle's algorithm. asyncio does so only for sockets whose ``proto`` is
     ``IPPROTO_TCP``, and a listening socket made as ``socket(AF_INET, SOCK_STREAM)`` (uvicorn's,
     a test harness's) has proto 0: then a response written in two parts on a kept-alive
-    connection waits for the client's delayed ACK, 40 ms per request. uvloop sets it itself."""
+    connection waits for the client's delayed ACK, 40 ms per request. uvloop sets it itself,
+    and asking a uvloop transport for its socket is not free (see ``_addresses``)."""
+    if _is_uvloop(transport):
+        return
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):  # a socket that is already gone
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _addresses(
+    transport: asyncio.BaseTransport,
+) -> tuple[tuple[str, int | None] | None, tuple[str, int] | None]:
+    """The ASGI scope's ``server`` and ``client`` for a connection, as uvicorn's
+    ``get_local_addr``/``get_remote_addr`` give them, read through the transport's
+    ``sockname``/``peername``. uvicorn asks for the transport's ``socket`` instead: on uvloop
+    that makes a pseudo-socket which the transport keeps, and which keeps the address tuples
+    it returned, for as long as the connection lives (364 bytes per connection, measured by
+    ``bench/conn_heap.py``), although the HTTP protocol that asked is gone after a WebSocket
+    upgrade. ``peername`` on uvloop is read from the kernel each time and kept by nobody."""
+    local = transport.get_extra_info("sockname")
+    server: tuple[str, int | None] | None = None
+    if isinstance(local, (list, tuple)) and len(local) >= 2:
+        server = (str(local[0]), int(local[1]))
+    elif isinstance(local, str) and local:
+        server = (local, None)  # a Unix socket: its path
+    peer = transport.get_extra_info("peername")
+    client = (
+        (str(peer[0]), int(peer[1])) if isinstance(peer, (list, tuple)) and len(peer) >= 2 else None
+    )
+    return server, client
 
 
 def bounded_http_protocol(
@@ -67,6 +97,7 @@ def bounded_http_protocol(
     then h11's own 16 KiB limit applies, without a deadline), answering the hot REST routes
     through ``lane`` before ASGI (``httplane.py``)."""
     try:
+        from uvicorn.protocols.http.flow_control import FlowControl
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
         return "auto"
@@ -77,15 +108,22 @@ def bounded_http_protocol(
         #: Seconds a head may take from its first byte to its blank line.
         deadline = head_timeout
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._head_bytes = 0
-            self._in_head = False
-            self._refused = False
-            self._head_deadline: asyncio.TimerHandle | None = None
+        # Per-connection state, set on the instance when it changes (class defaults: no
+        # __init__ of our own before uvicorn's).
+        _head_bytes = 0
+        _in_head = False
+        _refused = False
+        _head_deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            # uvicorn's own connection_made but for where the addresses come from
+            # (``_addresses``); tests/test_serving_addresses.py holds the two to the same
+            # state, so an uvicorn that sets more here fails there, not in production.
+            self.connections.add(self)
+            self.transport = transport
+            self.flow = FlowControl(transport)
+            self.server, self.client = _addresses(transport)
+            self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
             _nodelay(transport)
             # A connection that never sends a byte is an idle keep-alive connection.
             self.timeout_keep_alive_task = self.loop.call_later(

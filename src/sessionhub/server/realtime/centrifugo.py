@@ -236,7 +236,9 @@ class CentrifugoConn(Conn):
         if isinstance(request, machine.Register):
             node.clients[self.client] = self
         elif isinstance(request, machine.Attach):
-            node.attach(self, request.sub.topic, request.sub.backlog)
+            backlog = request.sub.backlog
+            assert isinstance(backlog, list)  # a subscription is attached before it is live
+            node.attach(self, request.sub.topic, backlog)
         elif isinstance(request, machine.Live):
             node.live(self, request.sub.topic, encode_publication)
             if request.sub.join_leave:
