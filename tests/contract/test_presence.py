@@ -119,3 +119,45 @@ async def test_a_lease_that_is_not_renewed_is_lost(make: Any, clock: Clock) -> N
     clock.advance(11)
     assert await b.presence("t") == {}  # read also expires
     assert events[-1].reason == "lost"
+
+
+async def test_leases_of_different_lengths_each_lapse_on_time(make: Any, clock: Clock) -> None:
+    b = await make()
+    await b.join("t", ClientInfo("long", "alice"), ttl=30)
+    await b.join("t", ClientInfo("short", "bob"), ttl=5)  # shorter than every lease before
+    await b.join("t", ClientInfo("mid", "carol"), ttl=10)
+    clock.advance(4)
+    await b.join("t", ClientInfo("short", "bob"), ttl=5)  # the soonest renews: now at 9
+    clock.advance(6.5)  # 10.5: mid (10) has lapsed, short (9) too
+    assert sorted(await b.presence("t")) == ["long"]
+    clock.advance(20)
+    assert await b.presence("t") == {}
+
+
+class CountingLeases(dict[str, Any]):
+    """A topic's leases that count the scans for lapsed ones."""
+
+    scans = 0
+
+    def items(self) -> Any:
+        type(self).scans += 1
+        return super().items()
+
+
+async def test_memory_renewals_do_not_scan_a_topics_leases_until_one_may_have_lapsed(
+    clock: Clock,
+) -> None:
+    # Every subscriber renews each ping interval: a scan per renewal is N² per interval.
+    b = MemoryPresence(clock=clock)
+    await b.join("t", ClientInfo("c0", "u"), ttl=10)
+    topic: Any = b._topics["t"]
+    topic.leases = CountingLeases(topic.leases)
+    for _ in range(3):
+        for i in range(200):
+            await b.join("t", ClientInfo(f"c{i}", "u"), ttl=10)
+        clock.advance(4)
+    # 600 joins; scans only when the clock passed the soonest expiry the topic knew of.
+    assert CountingLeases.scans <= 3
+    assert len(await b.presence("t")) == 200
+    clock.advance(10)
+    assert await b.presence("t") == {}

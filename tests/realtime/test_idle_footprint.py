@@ -3,7 +3,7 @@
 A node holds one connection per socket, tens of thousands of them, so an idle one must not
 carry what only a busy one needs: no send queue, no reply batch, no fragment list, no
 ``__dict__`` on its protocol, no copy of the path or the headers it did not send
-(``bench/fanout.py`` measures the bytes)."""
+(``bench/fanout.py`` measures the bytes), no frame parser of its own between frames."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+from tests.faults.rawws import RawSocket, client_frame
 from tests.live import LiveServer
 
+from sessionhub.server.realtime import wsframe
 from sessionhub.server.realtime.conn import Conn
 from sessionhub.server.realtime.node import FLUSH_PAUSE
 
@@ -48,6 +51,7 @@ async def test_an_idle_connection_keeps_no_per_message_state(
             sink: Any = conn.sink
             assert not hasattr(sink, "__dict__"), "the protocol class lost its slots"
             assert sink._parser._fragments is None
+            assert sink._parser.is_shared, "an idle connection keeps a parser of its own"
             assert conn.topics == ("user:alice",)
         first, second = (c.handshake for c in conns)
         # One string for the path and for the address, one shared empty mapping for the
@@ -151,3 +155,70 @@ async def test_a_burst_hands_every_subscriber_the_same_joined_bytes(
     finally:
         for r in readers:
             await r.close()
+
+
+async def _text(sock: RawSocket, wait: float = 5.0) -> dict[str, Any]:
+    """The next text frame the server sends ``sock``, as JSON."""
+    async with asyncio.timeout(wait):
+        while True:
+            for op, payload in sock._parser.feed(await sock.reader.read(1 << 16)):
+                if op == wsframe.OP_TEXT:
+                    out: dict[str, Any] = orjson.loads(payload)
+                    return out
+
+
+async def test_connections_share_a_parser_but_never_its_partial_frames(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    """An idle connection feeds the shared parser; one whose frame or fragmented message
+    arrives in parts takes a parser of its own until the message is whole, so what another
+    connection sends meanwhile, or a bad frame on a third, never mixes into it."""
+    live = make_server()
+    node = live.realtime
+    socks: list[RawSocket] = []
+    conns: list[Conn] = []
+    try:
+        for _ in range(3):
+            socks.append(await RawSocket.open(live.port, "/connection/websocket"))
+            await until(lambda: len(node._all) == len(socks), what="registered")
+            conns.append(list(node._all)[-1])
+        a, b, c = socks
+
+        def parser(i: int) -> Any:
+            sink: Any = conns[i].sink
+            return sink._parser
+
+        def command(cid: int, **cmd: Any) -> bytes:
+            return orjson.dumps({"id": cid, **cmd})
+
+        token = live.token("alice")
+        # A frame in two parts: a's half waits in a parser of its own while b talks.
+        frame = client_frame(wsframe.OP_TEXT, command(1, connect={"token": token}))
+        a.send(frame[:9])
+        await until(lambda: not parser(0).is_shared, what="a parser of a's own")
+        b.send(client_frame(wsframe.OP_TEXT, command(1, connect={"token": token})))
+        assert "connect" in await _text(b)
+        a.send(frame[9:])
+        assert "connect" in await _text(a)
+        await until(lambda: parser(0).is_shared, what="a back on the shared parser")
+        # A fragmented message: its first part is held while b sends a whole one.
+        sub = command(2, subscribe={"channel": "user:alice"})
+        a.send(client_frame(wsframe.OP_TEXT, sub[:10], fin=False))
+        await until(lambda: not parser(0).is_shared, what="a's fragments held")
+        b.send(client_frame(wsframe.OP_TEXT, sub))
+        assert (await _text(b))["id"] == 2
+        a.send(client_frame(wsframe.OP_CONT, sub[10:]))
+        assert (await _text(a))["id"] == 2
+        # A bad frame after a fragment start, in one write, on the shared parser: c is
+        # closed, and the fragment it began is not what b's next message continues.
+        c.send(
+            client_frame(wsframe.OP_TEXT, b'{"id":1,', fin=False)
+            + client_frame(wsframe.OP_TEXT, b"x", rsv=1)
+        )
+        assert await c.close_code() == wsframe.CLOSE_PROTOCOL_ERROR
+        b.send(client_frame(wsframe.OP_TEXT, command(3, presence_stats={"channel": "user:alice"})))
+        assert (await _text(b))["id"] == 3
+        assert parser(0) is parser(1) is wsframe.shared(parser(0).max_size)
+    finally:
+        for sock in socks:
+            sock.abort()

@@ -143,6 +143,22 @@ def test_frame_parser_handles_splits_fragments_and_control_frames() -> None:
     ]
 
 
+def test_a_parser_detached_mid_message_carries_it_and_leaves_the_shared_one_idle() -> None:
+    shared = wsframe.shared(1 << 20)
+    assert shared is wsframe.shared(1 << 20) and shared.is_shared and shared.idle
+    data = _client_frame(wsframe.OP_TEXT, b"frag-", fin=False) + _client_frame(
+        wsframe.OP_CONT, b"ment"
+    )
+    assert shared.feed(data[:9]) == [] and not shared.idle
+    own = shared.detach()
+    assert shared.idle and not own.is_shared and own.max_size == 1 << 20
+    assert shared.feed(_client_frame(wsframe.OP_TEXT, b"other")) == [(wsframe.OP_TEXT, b"other")]
+    assert own.feed(data[9:]) == [(wsframe.OP_TEXT, b"frag-ment")] and own.idle
+    own.feed(_client_frame(wsframe.OP_TEXT, b"x", fin=False))
+    own.reset()
+    assert own.idle and own.feed(_client_frame(wsframe.OP_TEXT, b"y")) == [(wsframe.OP_TEXT, b"y")]
+
+
 def test_frame_parser_enforces_the_rules() -> None:
     with pytest.raises(wsframe.WebSocketError):  # unmasked client frame
         wsframe.FrameParser().feed(bytes((0x81, 1)) + b"x")

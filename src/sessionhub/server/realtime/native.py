@@ -297,7 +297,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         self._transport.write(response)
         conn = route.factory(node, self, hs)
         self._conn = conn
-        self._parser = wsframe.FrameParser(max_size=conn.max_message)
+        # The shared parser until a frame arrives in parts (``_frames``).
+        self._parser = wsframe.shared(conn.max_message)
         if conn.drop_slow:
             # A lone publication is written straight to the transport (node fan-out); the
             # transport tells us through pause_writing when a reader falls too far behind.
@@ -345,11 +346,20 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         assert self._parser is not None and self._conn is not None
         if self._closing:
             return
+        parser = self._parser
         try:
-            messages = self._parser.feed(data)
+            messages = parser.feed(data)
         except wsframe.WebSocketError as exc:
+            parser.reset()  # it may be the shared one: the next connection starts clean
             self._protocol_close(exc.code, exc.reason)
             return
+        if parser.idle:
+            if not parser.is_shared:
+                self._parser = wsframe.shared(parser.max_size)  # back to the shared one
+        elif parser.is_shared:
+            # Part of a frame or of a fragmented message is held: this connection takes it
+            # into a parser of its own.
+            self._parser = parser.detach()
         conn = self._conn
         conn.heard = True
         for op, payload in messages:

@@ -162,18 +162,44 @@ def reject_response(status: int, reason: str, *, retry_after: int | None = None)
 
 class FrameParser:
     """Turns received bytes into messages: ``(opcode, payload)`` for complete text/binary
-    messages (fragments joined) and for each control frame (ping, pong, close)."""
+    messages (fragments joined) and for each control frame (ping, pong, close).
 
-    __slots__ = ("_buf", "_frag_op", "_frag_size", "_fragments", "max_size")
+    Between messages a parser holds nothing but ``max_size``, so connections may share one
+    (``shared``) and take one of their own (``detach``) only while a frame or a fragmented
+    message is incomplete: an idle connection then keeps no parser (72 bytes)."""
+
+    __slots__ = ("_buf", "_frag_op", "_frag_size", "_fragments", "is_shared", "max_size")
 
     def __init__(self, max_size: int = 1 << 20) -> None:
         self.max_size = max_size
+        #: Whether this is the parser ``shared`` gives out.
+        self.is_shared = False
         self._buf = b""
         #: The fragments of a message being received; None between messages (most
         #: connections never fragment: no list per idle connection).
         self._fragments: list[bytes] | None = None
         self._frag_op = 0
         self._frag_size = 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is held: the last byte fed ended a frame, and no message is fragmented."""
+        return not self._buf and self._fragments is None
+
+    def reset(self) -> None:
+        """Forget any partial frame or message (after an error, or once detached)."""
+        self._buf = b""
+        self._fragments = None
+        self._frag_op = self._frag_size = 0
+
+    def detach(self) -> FrameParser:
+        """A parser of its own holding this one's partial frame or message; this one is
+        left idle (the caller was sharing it)."""
+        own = FrameParser(self.max_size)
+        own._buf, own._fragments = self._buf, self._fragments
+        own._frag_op, own._frag_size = self._frag_op, self._frag_size
+        self.reset()
+        return own
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buf = self._buf + data if self._buf else data
@@ -241,6 +267,20 @@ class FrameParser:
                 self._fragments = None
         self._buf = buf[pos:] if pos < end else b""
         return out
+
+
+_SHARED: dict[int, FrameParser] = {}
+
+
+def shared(max_size: int) -> FrameParser:
+    """The parser every idle connection with this ``max_size`` feeds through. Sharing is
+    sound because a feed runs whole on the event loop and its caller detaches (or resets)
+    the parser before the next one: it is idle whenever another connection takes it."""
+    parser = _SHARED.get(max_size)
+    if parser is None:
+        parser = _SHARED[max_size] = FrameParser(max_size)
+        parser.is_shared = True
+    return parser
 
 
 def parse_close(payload: bytes) -> tuple[int, str]:
