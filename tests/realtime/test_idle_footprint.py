@@ -222,3 +222,30 @@ async def test_connections_share_a_parser_but_never_its_partial_frames(
     finally:
         for sock in socks:
             sock.abort()
+
+
+async def test_uvicorn_holds_one_entry_for_every_socket_and_still_waits_for_their_goodbyes(
+    make_server: Callable[..., LiveServer],
+) -> None:
+    """The engine's established sockets stand in uvicorn's ``server_state.connections`` as
+    one entry (a set entry each cost 64-128 bytes), whose ``shutdown`` is each socket's:
+    stopping the server still tells every client to come back (3001) before it closes."""
+    live = make_server()
+    node = live.realtime
+    socks = [await RawSocket.open(live.port, "/connection/websocket") for _ in range(3)]
+    try:
+        await until(lambda: len(node._all) == 3, what="registered")
+        entries = list(live.server.server_state.connections)
+        assert len(entries) == 1 and type(entries[0]).__name__ == "_Sockets"
+        socks[0].abort()  # one gone: the entry stays for the others
+        await until(lambda: len(node._all) == 2, what="the first one lost")
+        assert live.server.server_state.connections == set(entries)
+        # What uvicorn calls on each entry when it stops (before the app's own shutdown).
+        live.loop.call_soon_threadsafe(entries[0].shutdown)
+        codes = await asyncio.gather(*(s.close_code() for s in socks[1:]))
+        assert codes == [3001, 3001]
+        # The entry leaves with the last socket: uvicorn's wait for connections ends.
+        await until(lambda: not live.server.server_state.connections, what="the entry gone")
+    finally:
+        for sock in socks:
+            sock.abort()

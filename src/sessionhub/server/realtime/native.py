@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import sys
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from ...core import codes
 from . import wsframe
@@ -53,6 +53,45 @@ def _default_ws_class() -> type[asyncio.Protocol]:
     if cls is None:  # pragma: no cover - neither websockets nor wsproto installed
         raise RuntimeError("uvicorn has no WebSocket implementation available")
     return cast(type[asyncio.Protocol], cls)
+
+
+class _Sockets:
+    """Stands for every established socket of this engine in one uvicorn server's
+    ``server_state.connections``: one entry while any is open, instead of one each.
+
+    uvicorn keeps that set only to call ``shutdown()`` on each connection and to wait, when
+    it stops, until the set is empty. A set's table costs 64 to 128 bytes per entry at a
+    thousand entries (it grows fourfold, and a WebSocket upgrade leaves a deleted slot where
+    the HTTP connection was), while the node already holds every connection: the stand-in's
+    ``shutdown`` tells each of them to come back (3001) and it leaves the set when the last
+    one has gone, so uvicorn still waits for their close handshakes."""
+
+    __slots__ = ("count", "node", "server_state")
+
+    def __init__(self, server_state: Any, node: RealtimeNode) -> None:
+        self.server_state = server_state
+        self.node = node
+        #: Established sockets not yet lost.
+        self.count = 0
+
+    def opened(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.server_state.connections.add(self)
+
+    def lost(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.server_state.connections.discard(self)
+
+    def shutdown(self) -> None:
+        for conn in self.node.connections():
+            sink = conn.sink
+            if (
+                isinstance(sink, RealtimeWebSocketProtocol)
+                and sink._server_state is self.server_state
+            ):
+                sink.shutdown()
 
 
 @functools.lru_cache(maxsize=8)
@@ -117,6 +156,9 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
 
     #: The ASGI app whose ``state.runtime.realtime`` serves connections.
     app: Any = None
+    #: id(uvicorn server state) -> the stand-in for its established sockets (one per
+    #: server; ``uvicorn_ws_protocol`` gives each class its own).
+    _standins: ClassVar[dict[int, _Sockets]] = {}
 
     def __init__(
         self,
@@ -168,11 +210,11 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         if self._delegate is not None:
             self._delegate.connection_lost(exc)
             return
-        self._server_state.connections.discard(self)
         if self._abort_handle is not None:
             self._abort_handle.cancel()
         if self._conn is not None:
             self._conn.lost()
+            self._sockets(self._conn.node).lost()
 
     def eof_received(self) -> bool | None:
         if self._delegate is not None:
@@ -252,6 +294,14 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _sockets(self, node: RealtimeNode) -> _Sockets:
+        """The stand-in for this server's established sockets (``_Sockets``)."""
+        standins = type(self)._standins
+        sockets = standins.get(id(self._server_state))
+        if sockets is None or sockets.server_state is not self._server_state:
+            sockets = standins[id(self._server_state)] = _Sockets(self._server_state, node)
+        return sockets
+
     def _node(self) -> RealtimeNode | None:
         app = type(self).app
         runtime = getattr(getattr(app, "state", None), "runtime", None)
@@ -310,7 +360,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             self._transport.set_write_buffer_limits(
                 high=conn.write_limit, low=conn.write_limit // 4
             )
-        self._server_state.connections.add(self)
+        self._sockets(node).opened()
         node.register(conn)
         conn.opened()
         if rest and not conn.closed:
@@ -404,5 +454,5 @@ def uvicorn_ws_protocol(app: Any) -> type[asyncio.Protocol]:
     """The ``ws`` argument for ``uvicorn.Config`` that serves ``app``'s realtime routes
     with this engine: ``uvicorn.Config(app, ws=uvicorn_ws_protocol(app), ...)``."""
     # Empty slots: without them the subclass would give every socket a ``__dict__``.
-    attrs = {"app": app, "__slots__": ()}
+    attrs = {"app": app, "__slots__": (), "_standins": {}}
     return type("SessionhubWebSocketProtocol", (RealtimeWebSocketProtocol,), attrs)
