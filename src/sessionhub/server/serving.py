@@ -108,8 +108,9 @@ def bounded_http_protocol(
         #: Seconds a head may take from its first byte to its blank line.
         deadline = head_timeout
 
-        # Per-connection state, set on the instance when it changes (class defaults: no
-        # __init__ of our own before uvicorn's).
+        # Per-connection state: class defaults, set on the instance when it changes. Set
+        # in an __init__ of ours, these four would take uvicorn's instance past CPython's
+        # 30 shared dict keys and give every HTTP connection a dict of its own (1.3 KB).
         _head_bytes = 0
         _in_head = False
         _refused = False
