@@ -11,12 +11,18 @@ itself (``--by line``). tracemalloc sees only Python objects (those uvloop makes
 transports and handles, fall under no sessionhub frame): libuv's own memory and the kernel's
 socket buffers are in the RSS line but in no row.
 
+Last, the floor, measured the same way in the same run: a bare uvloop server whose protocol
+keeps nothing but its transport, holding ``--conns`` plain TCP connections (no HTTP, no
+WebSocket). It is what any server on uvloop pays per socket before doing anything, so the
+difference between the two lines is what sessionhub itself keeps (``--no-floor`` skips it).
+
     .venv/bin/python bench/conn_heap.py --conns 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import subprocess
 import sys
@@ -35,6 +41,14 @@ from sessionhub.server.app import create_app
 from sessionhub.server.runtime import build_runtime
 from sessionhub.server.serving import uvicorn_config
 from sessionhub.settings import Settings
+
+# The floor's child: N plain TCP connections, then wait for stdin to close.
+TCP_CLIENT = """
+import socket, sys
+conns = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(int(sys.argv[2]))]
+print("ready", flush=True)
+sys.stdin.read()
+"""
 
 # The child: N subscribers that connect one after the other, then wait for stdin to close.
 CLIENT = """
@@ -55,8 +69,12 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 
 def fleet(url: str, token: str, n: int) -> subprocess.Popen[str]:
+    return _child([CLIENT, url, token, str(n)])
+
+
+def _child(argv: list[str]) -> subprocess.Popen[str]:
     p = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, url, token, str(n)],
+        [sys.executable, "-c", *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -84,12 +102,74 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=1000)
     ap.add_argument("--by", choices=("sessionhub", "line"), default="sessionhub")
     ap.add_argument("--rows", type=int, default=15)
+    ap.add_argument("--no-floor", dest="floor", action="store_false")
+    ap.add_argument("--floor-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.floor_only:
+        print(*floor(args.conns))
+        return
     with tempfile.TemporaryDirectory(prefix="conn-heap-") as tmp:
-        measure(args, Path(tmp))
+        heap = measure(args, Path(tmp))
+    if args.floor:
+        # In a process of its own: this one's RSS now holds what the server freed.
+        out = subprocess.run(
+            [sys.executable, __file__, "--floor-only", "--conns", str(args.conns)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.split()
+        floor_heap, floor_rss = float(out[0]), float(out[1])
+        print(f"\nthe floor, a bare uvloop protocol holding {args.conns} TCP connections:")
+        print(f"RSS per connection: {floor_rss:7.0f} B (tracemalloc's own tables included)")
+        print(f"Python heap per connection: {floor_heap:7.0f} B")
+        print(f"sessionhub's own heap per connection: {heap - floor_heap:7.0f} B")
 
 
-def measure(args: argparse.Namespace, tmp: Path) -> None:
+class _Bare(asyncio.Protocol):
+    """The floor's protocol: it keeps its transport and nothing else."""
+
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+
+def floor(n: int) -> tuple[float, float]:
+    """Heap and RSS per connection of a bare uvloop server holding ``n`` connections."""
+    loop = uvloop.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(_Bare, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    me = psutil.Process()
+    warm = _child([TCP_CLIENT, str(port), "50"])
+    children = [warm]
+    try:
+        time.sleep(0.5)
+        tracemalloc.start(12)
+        gc.collect()
+        before, rss0 = tracemalloc.take_snapshot(), me.memory_info().rss
+        children.append(_child([TCP_CLIENT, str(port), str(n)]))
+        time.sleep(1.0)
+        gc.collect()
+        after, rss1 = tracemalloc.take_snapshot(), me.memory_info().rss
+        tracemalloc.stop()
+    finally:
+        for p in children:
+            assert p.stdin is not None
+            p.stdin.close()
+            p.wait(10)
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(20)
+        loop.close()
+    heap = sum(st.size_diff for st in after.compare_to(before, "filename"))
+    return heap / n, (rss1 - rss0) / n
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> float:
+    """Print sessionhub's table; return its heap bytes per connection."""
     settings = Settings(
         data_dir=tmp / "data",
         jwt_secret="bench-secret-0123456789abcdef0123456789",
@@ -119,6 +199,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
         time.sleep(1.0)
         gc.collect()
         after, rss1 = tracemalloc.take_snapshot(), me.memory_info().rss
+        tracemalloc.stop()  # the floor starts its own count
     finally:
         for p in fleets:
             assert p.stdin is not None
@@ -142,6 +223,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
     for key, size in sorted(sizes.items(), key=lambda kv: -kv[1])[: args.rows]:
         share = size / heap if heap else 0.0
         print(f"| {key:<44} | {size / n:6.0f} | {counts[key] / n:12.2f} | {share:5.0%} |")
+    return heap / n
 
 
 if __name__ == "__main__":

@@ -29,3 +29,11 @@ def test_conn_heap_names_the_connection_object_once_per_connection() -> None:
     assert any(0.9 <= objects <= 1.1 for _, objects in conn_rows), out
     heap = float(re.search(r"Python heap per connection: +(\d+) B", out)[1])  # type: ignore[index]
     assert 500 < heap < 20_000, out
+    # The floor (a bare uvloop protocol, the same count of plain TCP connections) keeps
+    # some heap per socket, and less than sessionhub: the difference is what is ours.
+    floor = float(
+        re.search(r"floor.*?\nRSS.*?\nPython heap per connection: +(\d+) B", out, re.S)[1]
+    )  # type: ignore[index]
+    ours = float(re.search(r"sessionhub's own heap per connection: +(-?\d+) B", out)[1])  # type: ignore[index]
+    assert 100 < floor < heap, out
+    assert abs(heap - floor - ours) <= 1, out
