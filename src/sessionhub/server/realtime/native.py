@@ -347,6 +347,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         self._transport.write(response)
         conn = route.factory(node, self, hs)
         self._conn = conn
+        # Counted from here: connection_lost uncounts whatever has a conn.
+        self._sockets(node).opened()
         # The shared parser until a frame arrives in parts (``_frames``).
         self._parser = wsframe.shared(conn.max_message)
         if conn.drop_slow:
@@ -360,7 +362,6 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             self._transport.set_write_buffer_limits(
                 high=conn.write_limit, low=conn.write_limit // 4
             )
-        self._sockets(node).opened()
         node.register(conn)
         conn.opened()
         if rest and not conn.closed:
