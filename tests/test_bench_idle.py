@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a real node and a client fleet, several seconds
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "idle.py"
 
 
