@@ -199,7 +199,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> float:
         time.sleep(1.0)
         gc.collect()
         after, rss1 = tracemalloc.take_snapshot(), me.memory_info().rss
-        tracemalloc.stop()  # the floor starts its own count
+        tracemalloc.stop()  # what follows (the teardown) is not measured
     finally:
         for p in fleets:
             assert p.stdin is not None
