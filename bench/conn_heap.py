@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,14 +33,16 @@ import threading
 import time
 import tracemalloc
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import uvicorn
 import uvloop
 
 from sessionhub.server.app import create_app
-from sessionhub.server.runtime import build_runtime
+from sessionhub.server.runtime import Runtime, build_runtime
 from sessionhub.server.serving import uvicorn_config
 from sessionhub.settings import Settings
 
@@ -72,13 +76,16 @@ def fleet(url: str, token: str, n: int) -> subprocess.Popen[str]:
     return _child([CLIENT, url, token, str(n)])
 
 
-def _child(argv: list[str]) -> subprocess.Popen[str]:
+def _child(argv: list[str], cpus: set[int] | None = None) -> subprocess.Popen[str]:
+    """A ``python -c`` child (on ``cpus`` if given) once it has printed ``ready``."""
     p = subprocess.Popen(
         [sys.executable, "-c", *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    if cpus:
+        os.sched_setaffinity(p.pid, cpus)
     assert p.stdout is not None
     if p.stdout.readline().strip() != "ready":
         raise RuntimeError("the client fleet did not connect")
@@ -168,26 +175,46 @@ def floor(n: int) -> tuple[float, float]:
     return heap / n, (rss1 - rss0) / n
 
 
-def measure(args: argparse.Namespace, tmp: Path) -> float:
-    """Print sessionhub's table; return its heap bytes per connection."""
-    settings = Settings(
-        data_dir=tmp / "data",
-        jwt_secret="bench-secret-0123456789abcdef0123456789",
-        sweep_interval=3600.0,
+@contextlib.contextmanager
+def node_in_thread(tmp: Path, **settings: Any) -> Iterator[tuple[Runtime, str]]:
+    """A node on ``sessionhub serve``'s uvicorn configuration (uvloop, SQLite in ``tmp``),
+    served from a thread of this process: yields its runtime and its Centrifugo URL, and
+    stops it on exit. ``settings`` add to or override the bench's own."""
+    runtime = build_runtime(
+        Settings(
+            **{
+                "data_dir": tmp / "data",
+                "jwt_secret": "bench-secret-0123456789abcdef0123456789",
+                "sweep_interval": 3600.0,
+                **settings,
+            }
+        )
     )
-    runtime = build_runtime(settings)
-    server = uvicorn.Server(uvicorn_config(create_app(runtime=runtime), settings, port=0))
+    server = uvicorn.Server(uvicorn_config(create_app(runtime=runtime), runtime.settings, port=0))
     loop = uvloop.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),))
     thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise SystemExit("server did not start")
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield runtime, f"ws://127.0.0.1:{port}/connection/websocket"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> float:
+    """Print sessionhub's table; return its heap bytes per connection."""
     me = psutil.Process()  # RSS as bench/fanout.py reads it
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise SystemExit("server did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"ws://127.0.0.1:{port}/connection/websocket"
+    with node_in_thread(tmp) as (runtime, url):
+        return _measure(args, runtime, url, me)
+
+
+def _measure(args: argparse.Namespace, runtime: Runtime, url: str, me: psutil.Process) -> float:
     token = runtime.auth.issue("alice", ())
     fleets = [fleet(url, token, 50)]  # warm-up: first-use caches are not per connection
     try:
@@ -205,8 +232,6 @@ def measure(args: argparse.Namespace, tmp: Path) -> float:
             assert p.stdin is not None
             p.stdin.close()
             p.wait(10)
-        server.should_exit = True
-        thread.join(20)
     sizes: dict[str, int] = defaultdict(int)
     counts: dict[str, int] = defaultdict(int)
     for st in after.compare_to(before, "traceback"):

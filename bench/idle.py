@@ -23,17 +23,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import uvicorn
-import uvloop
-
-from sessionhub.server.app import create_app
-from sessionhub.server.runtime import build_runtime
-from sessionhub.server.serving import uvicorn_config
-from sessionhub.settings import Settings
+# bench/ is first on sys.path when this file runs.
+from conn_heap import _child, node_in_thread
 
 # The child: N subscribers that answer every ping ({}) with a pong ({}).
 CLIENT = """
@@ -59,39 +53,14 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 def one(n: int, seconds: float) -> None:
     """Measure this checkout (whatever ``sessionhub`` imports as); print 'cpu open connect'."""
-    with tempfile.TemporaryDirectory(prefix="idle-") as tmp:
-        settings = Settings(
-            data_dir=Path(tmp) / "data",
-            jwt_secret="bench-secret-0123456789abcdef0123456789",
-            sweep_interval=3600.0,
-            realtime_max_per_address=n + 100,
-        )
-        runtime = build_runtime(settings)
-        server = uvicorn.Server(uvicorn_config(create_app(runtime=runtime), settings, port=0))
-        loop = uvloop.new_event_loop()
-        thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),))
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise SystemExit("server did not start")
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"ws://127.0.0.1:{port}/connection/websocket"
+    with (
+        tempfile.TemporaryDirectory(prefix="idle-") as tmp,
+        node_in_thread(Path(tmp), realtime_max_per_address=n + 100) as (runtime, url),
+    ):
         started = time.monotonic()
-        token = runtime.auth.issue("alice", ())
-        fleet = subprocess.Popen(
-            [sys.executable, "-c", CLIENT, url, token, str(n)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        # The node is pinned to CPU 0 (``measure``); its clients go to the other CPUs.
         others = set(range(os.cpu_count() or 1)) - {0}
-        if others:  # the node is pinned to CPU 0 (``measure``); its clients go elsewhere
-            os.sched_setaffinity(fleet.pid, others)
-        assert fleet.stdout is not None
-        if fleet.stdout.readline().strip() != "ready":
-            raise SystemExit("the client fleet did not connect")
+        fleet = _child([CLIENT, url, runtime.auth.issue("alice", ()), str(n)], others)
         connect = time.monotonic() - started
         try:
             time.sleep(2)
@@ -103,8 +72,6 @@ def one(n: int, seconds: float) -> None:
             assert fleet.stdin is not None
             fleet.stdin.close()
             fleet.wait(60)
-            server.should_exit = True
-            thread.join(30)
     print((cpu1 - cpu0) / (wall1 - wall0), still, connect)
 
 
