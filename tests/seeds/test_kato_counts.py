@@ -8,7 +8,7 @@ clients would get; ``settled`` waits until the consumers have read the log to it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, update
 from tests.inprocess import serve_in_process
 
 from sessionhub.consumers.counts import AlertTracker, Threshold
+from sessionhub.server.realtime.conn import Conn
 from sessionhub.server.realtime.kato import KatoConfig, KatoService
 from sessionhub.server.realtime.socket import Handshake, Out
 from sessionhub.server.runtime import Runtime, build_runtime
@@ -249,6 +250,17 @@ class FakeSink:
         return None
 
 
+async def flushed(conns: Iterable[Conn]) -> None:
+    """Until the node has written out what these connections queued. Usually that is the
+    next loop turn, but right after a long pass the node pauses its flush for a fraction of
+    that pass (``node.FLUSH_PAUSE``), and on a busy machine a pass can be long."""
+    for _ in range(400):  # at most 2 s
+        if not any(c.queue for c in conns if not c.closed):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the node never flushed its queues")
+
+
 async def test_a_slow_client_is_closed_and_does_not_hold_up_the_others(
     client: httpx.AsyncClient, runtime: Runtime, token: Callable[..., str]
 ) -> None:
@@ -263,7 +275,7 @@ async def test_a_slow_client_is_closed_and_does_not_hold_up_the_others(
     for i in range(10):  # twice what the send queue of one connection may hold
         message = {"type": "session_event", "n": i, "pad": pad}
         await runtime.hub.broker.publish(["kato:session_events"], orjson.dumps(message))
-        await asyncio.sleep(0)  # a loop turn: the node flushes every queue
+        await flushed(conns.values())
     assert sinks["slow"].closed is not None and sinks["slow"].closed[0] == 3008  # codes.SLOW
     assert conns["slow"].closed and node.stats()["slow_disconnects"] == 1
     got = [orjson.loads(m) for m in sinks["fast"].sent]
