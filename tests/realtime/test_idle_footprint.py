@@ -16,9 +16,11 @@ import orjson
 from tests.faults.rawws import RawSocket, client_frame
 from tests.live import LiveServer
 
+from sessionhub.core.subscriptions import Subscriptions
 from sessionhub.server.realtime import wsframe
 from sessionhub.server.realtime.conn import Conn
 from sessionhub.server.realtime.node import FLUSH_PAUSE
+from sessionhub.server.realtime.socket import RawWriter
 
 from .helpers import Raw, until
 
@@ -53,6 +55,13 @@ async def test_an_idle_connection_keeps_no_per_message_state(
             assert sink._parser._fragments is None
             assert sink._parser.is_shared, "an idle connection keeps a parser of its own"
             assert conn.topics == ("user:alice",)
+            # The transport itself, not a bound ``write`` of 80 bytes per connection.
+            assert conn.writer is sink._transport
+            centrifugo: Any = conn  # a CentrifugoConn: its state has the subscriptions
+            subs = centrifugo.state.subs
+            assert isinstance(subs, Subscriptions) and list(subs) == ["user:alice"]
+        # Connections that follow one topic share its one-topic tuple.
+        assert conns[0].topics is conns[1].topics
         first, second = (c.handshake for c in conns)
         # One string for the path and for the address, one shared empty mapping for the
         # headers that were not sent (the token came in the connect command).
@@ -114,6 +123,17 @@ async def test_a_flush_right_after_a_long_one_waits_a_share_of_it(
         await reader.close()
 
 
+class _Recorder:
+    """A raw writer that notes what it is given and passes it on."""
+
+    def __init__(self, sink: list[bytes], original: RawWriter) -> None:
+        self.sink, self.original = sink, original
+
+    def write(self, data: bytes) -> None:
+        self.sink.append(data)
+        self.original.write(data)
+
+
 async def test_a_burst_hands_every_subscriber_the_same_joined_bytes(
     make_server: Callable[..., LiveServer],
 ) -> None:
@@ -132,11 +152,7 @@ async def test_a_burst_hands_every_subscriber_the_same_joined_bytes(
                 assert original is not None
                 sink = written.setdefault(conn, [])
 
-                def write(data: bytes, sink: list[bytes] = sink, original: Any = original) -> None:
-                    sink.append(data)
-                    original(data)
-
-                conn.writer = write
+                conn.writer = _Recorder(sink, original)
 
         async def burst() -> None:
             broker = live.runtime.hub.broker

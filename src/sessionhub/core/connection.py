@@ -32,6 +32,7 @@ from .errors import Unauthenticated
 from .principal import Principal
 from .recovery import Activation, activate, needs_history, recover
 from .streams import ClientInfo, Publication, StreamPosition
+from .subscriptions import Subscriptions
 
 #: Largest token accepted in ``connect``/``refresh`` (bytes). A JWT with a few claims is well
 #: under 2 KiB; anything near this is not a token, and is refused with a disconnect.
@@ -241,7 +242,7 @@ class ClientState:
         self.principal: Principal | None = None
         #: Unix time the credential expires (None: it does not).
         self.expires_at: float | None = None
-        self.subs: dict[str, Subscription] = {}
+        self.subs = Subscriptions()
         self.awaiting_pong = False
         self.closed = False
 

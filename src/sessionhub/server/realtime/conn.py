@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ...core import codes
 from ...core.codes import Code
 from ...core.streams import Publication
-from .socket import Handshake, Out, Sink
+from .socket import Handshake, Out, RawWriter, Sink
 
 if TYPE_CHECKING:
     from .node import RealtimeNode
@@ -80,11 +80,11 @@ class Conn:
         self.opened_at = time.time()
         #: Set when anything arrives; the liveness check of wires without their own pings.
         self.heard = True
-        #: The engine's raw writer (``transport.write``) for the latency path of a lone
+        #: The engine's raw writer (its transport) for the latency path of a lone
         #: publication, or None. An engine that sets it must also report a slow reader
         #: itself (the fast engine does so from ``pause_writing``) and never let it write
         #: once the connection is closed (a closed connection is detached from its topics).
-        self.writer: Callable[[bytes], object] | None = None
+        self.writer: RawWriter | None = None
         #: Topics the node delivers to this connection (live, pending or presence); a tuple,
         #: rebuilt by the node when one is added or dropped (rare): most connections follow
         #: one or two, and a tuple of one is 48 bytes where a list is 88 and a set 216.

@@ -354,7 +354,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         if conn.drop_slow:
             # A lone publication is written straight to the transport (node fan-out); the
             # transport tells us through pause_writing when a reader falls too far behind.
-            conn.writer = self._transport.write
+            conn.writer = self._transport
             self._transport.set_write_buffer_limits(high=node.max_queue_bytes)
         else:
             # The wire keeps its own newest-only slot: it only needs to know when the

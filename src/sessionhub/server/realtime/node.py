@@ -45,7 +45,7 @@ from ...core.topics import ends_topic
 from ...hub import Hub
 from ...tasks import every
 from .conn import Conn, Encoder
-from .socket import Handshake, Out, Sink
+from .socket import Handshake, Out, RawWriter, Sink
 
 log = logging.getLogger("sessionhub.realtime")
 
@@ -61,7 +61,7 @@ ANONYMOUS = Principal("anonymous")
 
 #: Opens a connection of one wire format for an accepted handshake.
 Factory = Callable[["RealtimeNode", Sink, Handshake], Conn]
-Writer = Callable[[bytes], object] | None
+Writer = RawWriter | None
 
 
 @dataclass(slots=True)
@@ -79,6 +79,20 @@ class _Topic:
     epoch: str = ""
     unsubscribe: Callable[[], None] | None = None
     unwatch: Callable[[], None] | None = None
+    #: ``(name,)``: the ``Conn.topics`` of every connection that follows this topic alone,
+    #: one tuple for all of them rather than 48 bytes each.
+    alone: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.alone = (self.name,)
+
+    def follow(self, conn: Conn) -> None:
+        """Add this topic to ``conn.topics`` (a tuple: ``unregister`` iterates a snapshot)."""
+        topics = conn.topics
+        if not topics:
+            conn.topics = self.alone
+        elif self.name not in topics:
+            conn.topics = (*topics, self.name)
 
     def empty(self) -> bool:
         return not self.pending and not any(self.groups.values())
@@ -251,9 +265,9 @@ class RealtimeNode:
 
     def attach(self, conn: Conn, topic: str, backlog: list[Publication]) -> None:
         """Register ``conn`` as pending on ``topic``: publications go to ``backlog``."""
-        self._topic(topic).pending[conn] = backlog
-        if topic not in conn.topics:
-            conn.topics = (*conn.topics, topic)
+        t = self._topic(topic)
+        t.pending[conn] = backlog
+        t.follow(conn)
 
     def live(self, conn: Conn, topic: str, encoder: Encoder | None) -> None:
         """Deliver ``topic`` to ``conn`` from now on: framed by ``encoder`` (shared by every
@@ -261,8 +275,7 @@ class RealtimeNode:
         t = self._topic(topic)
         t.pending.pop(conn, None)
         t.groups.setdefault(encoder, {})[conn] = conn.writer if encoder is not None else None
-        if topic not in conn.topics:
-            conn.topics = (*conn.topics, topic)
+        t.follow(conn)
 
     def watch(self, conn: Conn, topic: str, encode: Callable[[PresenceEvent], Out | None]) -> None:
         """Send ``conn`` the join/leave events of ``topic``, framed by ``encode``."""
@@ -270,8 +283,7 @@ class RealtimeNode:
         if t.unwatch is None:
             t.unwatch = self.hub.presence.watch(topic, self._on_presence)
         t.presence[conn] = encode
-        if topic not in conn.topics:
-            conn.topics = (*conn.topics, topic)
+        t.follow(conn)
 
     def detach(self, conn: Conn, topic: str) -> None:
         if topic in conn.topics:
@@ -350,9 +362,9 @@ class RealtimeNode:
             framed = item.framed
             slow: list[Conn] | None = None
             started = time.monotonic()
-            for conn, write in active.items():
-                if write is not None:
-                    write(framed)
+            for conn, writer in active.items():
+                if writer is not None:
+                    writer.write(framed)
                 elif conn.send_now(item):
                     slow = slow or []
                     slow.append(conn)
@@ -416,8 +428,8 @@ class RealtimeNode:
         joined_data = b""
         for conn in dirty:
             q = conn.queue
-            write = conn.writer
-            if write is None or conn._batches or conn.closed or not q:
+            writer = conn.writer
+            if writer is None or conn._batches or conn.closed or not q:
                 conn.flush()  # replies to seal, an engine without a raw writer, or nothing
                 continue
             # The hot path of a burst: shared frames only, one write of all of them. The
@@ -430,7 +442,7 @@ class RealtimeNode:
                     joined, joined_data = q, b"".join([o.framed for o in q])
                 data = joined_data
             try:
-                write(data)
+                writer.write(data)
             except Exception:  # a transport that closed under us
                 conn.disconnect(codes.WRITE_ERROR)
         self._last_fanout = time.monotonic()
