@@ -201,3 +201,29 @@ def test_sse_ids_round_trip() -> None:
     # Junk is said to be junk (issue 13), never taken for a fresh start.
     junk = parse_id("garbage", list(many))
     assert set(junk) == set(many) and all(isinstance(v, Malformed) for v in junk.values())
+
+
+def test_plain_handshakes_are_shared_and_the_rest_keep_their_own() -> None:
+    from sessionhub.server.realtime import socket as sock
+
+    plain = sock.Handshake.from_target("/connection/websocket", {}, "10.0.0.1")
+    again = sock.Handshake.from_target("/connection/websocket", {"user-agent": "x"}, "10.0.0.1")
+    assert plain is again  # nothing per connection in it: one object for that address
+    assert plain.query == {} and plain.headers == {} and plain.params is None
+    other = sock.Handshake.from_target("/connection/websocket", {}, "10.0.0.2")
+    assert other is not plain and other.peer == "10.0.0.2"
+    # A query, a credential header or path parameters make a handshake of its own.
+    token = sock.Handshake.from_target("/connection/websocket?token=t", {}, "10.0.0.1")
+    assert token is not plain and token.credentials() == ("Bearer t", None)
+    key = sock.Handshake.from_target("/connection/websocket", {"x-api-key": "k"}, "10.0.0.1")
+    assert key is not plain and key.credentials() == (None, "k")
+    routed = sock.Handshake.from_target("/stream/s1", {}, "10.0.0.1", {"session_id": "s1"})
+    assert routed.params == {"session_id": "s1"}
+    # The cache is bounded: many addresses start it over, and sharing still holds after.
+    for i in range(sock._PLAIN_MAX + 10):
+        sock.Handshake.from_target("/connection/websocket", {}, f"10.1.{i // 256}.{i % 256}")
+    assert len(sock._PLAIN) <= sock._PLAIN_MAX
+    fresh = sock.Handshake.from_target("/connection/websocket", {}, "10.0.0.1")
+    assert fresh == plain and fresh is sock.Handshake.from_target(
+        "/connection/websocket", {}, "10.0.0.1"
+    )

@@ -85,6 +85,9 @@ class Sink(Protocol):
 KEPT_HEADERS = ("authorization", "x-api-key")
 #: The query or kept headers of a handshake that has none (shared, read-only).
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+#: Handshakes without a query, kept headers or path parameters, by (path, peer): shared.
+_PLAIN: dict[tuple[str, str], Handshake] = {}
+_PLAIN_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,15 @@ class Handshake:
         later (``KEPT_HEADERS``): a connection lives for hours, its request head need not."""
         path, _, query = target.partition("?")
         kept = {k: headers[k] for k in KEPT_HEADERS if k in headers} or _EMPTY
+        if not query and kept is _EMPTY and params is None:
+            # The usual Centrifugo upgrade (its token comes in the connect command): one
+            # frozen handshake per path and address, not 72 bytes per connection.
+            plain = _PLAIN.get((path, peer))
+            if plain is None:
+                if len(_PLAIN) >= _PLAIN_MAX:
+                    _PLAIN.clear()  # many addresses: start over (sharing is only a saving)
+                plain = _PLAIN[(path, peer)] = cls(sys.intern(path), _EMPTY, _EMPTY, peer)
+            return plain
         args = dict(parse_qsl(query, keep_blank_values=True)) if query else _EMPTY
         # Interned: thousands of connections to ``/connection/websocket`` share one string.
         return cls(sys.intern(path), args, kept, peer, params)
