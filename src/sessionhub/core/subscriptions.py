@@ -2,9 +2,9 @@
 
 Nearly every realtime connection follows one topic. A ``dict`` of one entry costs 200 bytes
 (its first table has room for five), which was the largest object an idle subscribed
-connection kept after its transport; ``Subscriptions`` holds one entry in two slots (56 bytes)
-and turns into a dict from the second topic on, so a connection that follows many pays what
-it did before. It behaves as a ``dict`` does (insertion order included), which
+connection kept after its transport; ``Subscriptions`` holds one entry in its own slots (72
+bytes with the collector's header) and turns into a dict from the second topic on, so a
+connection that follows many pays what it did before. It behaves as a ``dict`` does (insertion order included), which
 ``tests/unit/test_subscriptions.py`` checks against one, operation by operation.
 """
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .connection import Subscription
 
 _T = TypeVar("_T")
+_MISSING: object = object()  # ``pop`` without a default
 
 
 class Subscriptions(MutableMapping[str, "Subscription"]):
@@ -93,17 +94,17 @@ class Subscriptions(MutableMapping[str, "Subscription"]):
     def pop(self, topic: str, /) -> Subscription: ...
     @overload
     def pop(self, topic: str, default: Subscription | _T, /) -> Subscription | _T: ...
-    def pop(self, topic: str, *default: object) -> object:
+    def pop(self, topic: str, default: object = _MISSING, /) -> object:
         d = self._dict
         if d is not None:
-            return d.pop(topic, *default)
+            return d.pop(topic) if default is _MISSING else d.pop(topic, default)
         if self._key is not None and topic == self._key:
             value = self._value
             self._key = self._value = None
             return value
-        if default:
-            return default[0]
-        raise KeyError(topic)
+        if default is _MISSING:
+            raise KeyError(topic)
+        return default
 
     def clear(self) -> None:
         self._key = self._value = self._dict = None
