@@ -8,7 +8,7 @@ clients would get; ``settled`` waits until the consumers have read the log to it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -250,7 +250,7 @@ class FakeSink:
         return None
 
 
-async def flushed(conns: Iterable[Conn]) -> None:
+async def flushed(conns: Collection[Conn]) -> None:
     """Until the node has written out what these connections queued. Usually that is the
     next loop turn, but right after a long pass the node pauses its flush for a fraction of
     that pass (``node.FLUSH_PAUSE``), and on a busy machine a pass can be long."""
