@@ -233,7 +233,11 @@ async def test_connections_share_a_parser_but_never_its_partial_frames(
         assert await c.close_code() == wsframe.CLOSE_PROTOCOL_ERROR
         b.send(client_frame(wsframe.OP_TEXT, command(3, presence_stats={"channel": "user:alice"})))
         assert (await _text(b))["id"] == 3
-        assert parser(0) is parser(1) is wsframe.shared(parser(0).max_size)
+
+        async def servers_shared() -> wsframe.FrameParser:
+            return wsframe.shared(parser(0).max_size)  # the server thread's own
+
+        assert parser(0) is parser(1) is await live.call(servers_shared())
     finally:
         for sock in socks:
             sock.abort()

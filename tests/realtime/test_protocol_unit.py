@@ -159,6 +159,22 @@ def test_a_parser_detached_mid_message_carries_it_and_leaves_the_shared_one_idle
     assert own.idle and own.feed(_client_frame(wsframe.OP_TEXT, b"y")) == [(wsframe.OP_TEXT, b"y")]
 
 
+def test_each_thread_has_its_own_shared_parser() -> None:
+    """Servers on event loops in two threads of one process (an embedding, the tests) must
+    not feed one parser at once: a thread switch mid-feed would interleave their frames."""
+    import threading
+
+    mine = wsframe.shared(1 << 20)
+    theirs: list[wsframe.FrameParser] = []
+    worker = threading.Thread(
+        target=lambda: theirs.extend((wsframe.shared(1 << 20), wsframe.shared(1 << 20)))
+    )
+    worker.start()
+    worker.join(5)
+    assert len(theirs) == 2 and theirs[0] is theirs[1] and theirs[0].is_shared
+    assert theirs[0] is not mine and wsframe.shared(1 << 20) is mine
+
+
 def test_frame_parser_enforces_the_rules() -> None:
     with pytest.raises(wsframe.WebSocketError):  # unmasked client frame
         wsframe.FrameParser().feed(bytes((0x81, 1)) + b"x")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -269,16 +270,26 @@ class FrameParser:
         return out
 
 
-_SHARED: dict[int, FrameParser] = {}
+class _Shared(threading.local):
+    """The shared parsers of one thread, by ``max_size``."""
+
+    def __init__(self) -> None:
+        self.parsers: dict[int, FrameParser] = {}
+
+
+_SHARED = _Shared()
 
 
 def shared(max_size: int) -> FrameParser:
-    """The parser every idle connection with this ``max_size`` feeds through. Sharing is
-    sound because a feed runs whole on the event loop and its caller detaches (or resets)
-    the parser before the next one: it is idle whenever another connection takes it."""
-    parser = _SHARED.get(max_size)
+    """The parser every idle connection with this ``max_size`` on this thread feeds through.
+    Sharing is sound because a feed runs whole on the thread's event loop and its caller
+    detaches (or resets) the parser before the next one: it is idle whenever another
+    connection takes it. One per thread, since servers on event loops in other threads of the
+    process (an embedding, tests) would otherwise feed it at once and interleave."""
+    parsers = _SHARED.parsers
+    parser = parsers.get(max_size)
     if parser is None:
-        parser = _SHARED[max_size] = FrameParser(max_size)
+        parser = parsers[max_size] = FrameParser(max_size)
         parser.is_shared = True
     return parser
 
