@@ -4,8 +4,9 @@ Nearly every realtime connection follows one topic. A ``dict`` of one entry cost
 (its first table has room for five), which was the largest object an idle subscribed
 connection kept after its transport; ``Subscriptions`` holds one entry in its own slots (72
 bytes with the collector's header) and turns into a dict from the second topic on, so a
-connection that follows many pays what it did before. It behaves as a ``dict`` does (insertion order included), which
-``tests/unit/test_subscriptions.py`` checks against one, operation by operation.
+connection that follows many pays what it did before. It behaves as a ``dict`` does
+(insertion order included), which ``tests/unit/test_subscriptions.py`` checks against one,
+operation by operation.
 """
 
 from __future__ import annotations

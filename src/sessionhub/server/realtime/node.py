@@ -81,7 +81,7 @@ class _Topic:
     unwatch: Callable[[], None] | None = None
     #: ``(name,)``: the ``Conn.topics`` of every connection that follows this topic alone,
     #: one tuple for all of them rather than 48 bytes each.
-    alone: tuple[str, ...] = ()
+    alone: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.alone = (self.name,)

@@ -117,11 +117,12 @@ class Handshake:
         if not query and kept is _EMPTY and params is None:
             # The usual Centrifugo upgrade (its token comes in the connect command): one
             # frozen handshake per path and address, not 72 bytes per connection.
-            plain = _PLAIN.get((path, peer))
+            key = (path, peer)
+            plain = _PLAIN.get(key)
             if plain is None:
                 if len(_PLAIN) >= _PLAIN_MAX:
                     _PLAIN.clear()  # many addresses: start over (sharing is only a saving)
-                plain = _PLAIN[(path, peer)] = cls(sys.intern(path), _EMPTY, _EMPTY, peer)
+                plain = _PLAIN[key] = cls(sys.intern(path), _EMPTY, _EMPTY, peer)
             return plain
         args = dict(parse_qsl(query, keep_blank_values=True)) if query else _EMPTY
         # Interned: thousands of connections to ``/connection/websocket`` share one string.
